@@ -1,0 +1,33 @@
+/* cffi-ft: the C view of the kit, included by the patched _cffi_backend.c.
+ *
+ * Functions named cffi_ft_shim_* live in shim-c/src/cffi_ft_shim.c and are compiled
+ * with the backend's own flags and headers; functions named cffi_ft_* without "shim"
+ * are exported by the Rust umbrella staticlib (crates/cffi-ft).  All of them must be
+ * called on a thread attached to the interpreter, and return 0 on success or -1 with
+ * a Python exception set.
+ */
+#ifndef CFFI_FT_H
+#define CFFI_FT_H
+
+#include <Python.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Step 0, from PyInit__cffi_backend: ABI check between the backend and the staticlib,
+   GIL-free declaration on free-threaded builds, and _cffi_backend.__cffi_ft__. */
+int cffi_ft_shim_backend_init(PyObject *module, const char *cffi_version);
+
+/* Step 0, for each API-mode module the backend creates: GIL-free declaration. */
+int cffi_ft_module_declare_gil_free(PyObject *module);
+
+/* Rust side of cffi_ft_shim_backend_init (crates/cffi-ft/src/edge.rs). */
+int cffi_ft_backend_init(PyObject *module, const char *cffi_version,
+                         int c_free_threaded, unsigned int c_py_version_hex);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CFFI_FT_H */
