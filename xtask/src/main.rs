@@ -1,0 +1,262 @@
+//! `cargo xtask`: the cffi-ft tooling. Plain Rust subcommands, no shell scripts.
+//!
+//! Exit status: 0 success; 1 a test cell failed (failures, errors, crash, or the GIL
+//! came back on a free-threaded build); 2 bad input or an environment problem, reported
+//! as one `error:` line.
+
+mod python;
+mod report;
+mod series;
+mod test_upstream;
+mod upstream;
+mod util;
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::series::Series;
+use crate::test_upstream::{Plan, Suite};
+
+const DEFAULT_CFFI: &str = "1.17.1";
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "cffi-ft: make cffi 1.17.1's _cffi_backend thread-safe on free-threaded CPython 3.13, step by step",
+    after_help = "The main job is `cargo xtask test-upstream`: it provisions two CPython 3.13 builds (GIL and \
+                  free-threaded), fetches the pinned cffi sdist, builds every step of the patch series for \
+                  both and prints the step x interpreter matrix (also in target/cffi-ft/report.{md,json})."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Provision interpreters (build CPython 3.13 GIL + free-threaded from Debian's source
+    /// package into ~/.cache/cffi-ft/python, reused when present) or check given ones.
+    Python(PythonArgs),
+    /// Download and verify the cffi sdist, or check (and optionally patch) a checkout.
+    FetchUpstream(FetchArgs),
+    /// Build each step for each interpreter and run cffi's own suite against it.
+    TestUpstream(TestArgs),
+    /// List the patch series: each patch with its step, kind, cargo feature and subject.
+    Series(SeriesArgs),
+    /// What CI runs (the README's test command): cargo test --workspace, then the latest
+    /// step on both interpreters.
+    Ci(CiArgs),
+}
+
+#[derive(Args)]
+struct PythonArgs {
+    /// Use this interpreter instead of building (repeatable; e.g. Fedora's python3.13t).
+    #[arg(long = "python", value_name = "PATH")]
+    pythons: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+struct SourceArgs {
+    /// cffi version (must have a patch series in shim-c/patches/).
+    #[arg(long, value_name = "VERSION", default_value = DEFAULT_CFFI)]
+    cffi_version: String,
+    /// Use an existing cffi checkout instead of the sdist (never modified).
+    #[arg(long, value_name = "PATH")]
+    checkout: Option<PathBuf>,
+}
+
+impl SourceArgs {
+    fn resolve(&self) -> Result<upstream::Upstream> {
+        match &self.checkout {
+            Some(path) => upstream::use_checkout(path),
+            None => upstream::fetch_sdist(&self.cffi_version),
+        }
+    }
+}
+
+#[derive(Args)]
+struct FetchArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// With --checkout: apply the series to the checkout itself (all or nothing).
+    #[arg(long, requires = "checkout")]
+    in_place: bool,
+    /// With --in-place: apply the series up to this step (default: the latest).
+    #[arg(long, requires = "in_place")]
+    step: Option<u32>,
+}
+
+#[derive(Args)]
+struct TestArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Steps to test: comma-separated numbers, `latest` or `all` (default: all steps).
+    #[arg(long, value_name = "LIST")]
+    steps: Option<String>,
+    /// Interpreters to use instead of the default builds (repeatable).
+    #[arg(long = "python", value_name = "PATH")]
+    pythons: Vec<PathBuf>,
+    /// Suites to run, comma-separated: upstream (cffi's suite), build (the kit's step-0 checks).
+    #[arg(long, value_name = "LIST", default_value = "upstream,build")]
+    suites: String,
+    /// Run each test N times at once with pytest-run-parallel (1: plain run).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    parallel_threads: u32,
+    /// Interpreters tested at the same time (default: 2, at most the CPU count).
+    #[arg(long, value_name = "N")]
+    jobs: Option<usize>,
+    /// Give up on one suite run after this many minutes.
+    #[arg(long, value_name = "MIN", default_value_t = 60)]
+    suite_timeout_min: u64,
+    /// Extra arguments for pytest (after `--`), e.g. `-- -k test_verify`.
+    #[arg(last = true)]
+    pytest_args: Vec<String>,
+}
+
+#[derive(Args)]
+struct SeriesArgs {
+    /// cffi version (must have a patch series in shim-c/patches/).
+    #[arg(long, value_name = "VERSION", default_value = DEFAULT_CFFI)]
+    cffi_version: String,
+}
+
+#[derive(Args)]
+struct CiArgs {
+    /// Interpreters to use instead of the default builds (repeatable).
+    #[arg(long = "python", value_name = "PATH")]
+    pythons: Vec<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(err) => {
+            let text = format!("{err:#}");
+            let mut lines = text.lines();
+            eprintln!("error: {}", lines.next().unwrap_or("unknown error"));
+            for line in lines {
+                eprintln!("{line}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cmd: Cmd) -> Result<bool> {
+    match cmd {
+        Cmd::Python(args) => {
+            for interp in python::resolve(&args.pythons)? {
+                println!(
+                    "{}\t{}\t{}",
+                    interp.label(),
+                    if interp.free_threaded { "free-threaded" } else { "GIL" },
+                    interp.executable.display()
+                );
+            }
+            Ok(true)
+        }
+        Cmd::FetchUpstream(args) => fetch_upstream(args),
+        Cmd::TestUpstream(args) => test_upstream(args),
+        Cmd::Series(args) => {
+            let series = Series::load(&args.cffi_version)?;
+            println!("cffi {}: steps {:?}", series.cffi_version, series.steps());
+            for p in &series.patches {
+                let feature = p.cargo_feature.as_deref().unwrap_or("-");
+                println!("step {}  {:<8} {:<14} {}\n         {}", p.step, p.kind, feature, p.name, p.subject);
+            }
+            Ok(true)
+        }
+        Cmd::Ci(args) => ci(args),
+    }
+}
+
+fn fetch_upstream(args: FetchArgs) -> Result<bool> {
+    if args.in_place {
+        let path = args.source.checkout.as_ref().expect("clap requires --checkout");
+        let touched = upstream::patch_in_place(path, args.step)?;
+        println!("patched {} in place: {}", path.display(), touched.join(", "));
+        return Ok(true);
+    }
+    let up = args.source.resolve()?;
+    if args.source.checkout.is_some() {
+        println!("{}: cffi {} and the patch series applies cleanly", up.tree.display(), up.version);
+    } else {
+        println!("{}: cffi {} from {}", up.tree.display(), up.version, up.origin);
+    }
+    Ok(true)
+}
+
+fn plan_from(args: &TestArgs) -> Result<Plan> {
+    if args.parallel_threads == 0 {
+        bail!("--parallel-threads must be at least 1");
+    }
+    // Validate everything cheap before any long provisioning starts.
+    let version = match &args.source.checkout {
+        Some(path) => upstream::checkout_version(path)?,
+        None => args.source.cffi_version.clone(),
+    };
+    let series = Series::load(&version)?;
+    let steps = series.select_steps(args.steps.as_deref())?;
+    let suites = args
+        .suites
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(Suite::parse)
+        .collect::<Result<Vec<_>>>()?;
+    if suites.is_empty() {
+        bail!("--suites: no suite selected");
+    }
+    let interpreters = python::resolve(&args.pythons)?;
+    let upstream = args.source.resolve()?;
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let jobs = args.jobs.unwrap_or(2).clamp(1, cpus.max(1));
+    Ok(Plan {
+        series,
+        upstream,
+        steps,
+        interpreters,
+        suites,
+        parallel_threads: args.parallel_threads,
+        jobs,
+        pytest_args: args.pytest_args.clone(),
+        suite_timeout: Duration::from_secs(args.suite_timeout_min.max(1) * 60),
+    })
+}
+
+fn test_upstream(args: TestArgs) -> Result<bool> {
+    let plan = plan_from(&args)?;
+    test_upstream::run(&plan)
+}
+
+fn ci(args: CiArgs) -> Result<bool> {
+    util::status("ci: cargo test --workspace");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let ok = Command::new(&cargo)
+        .current_dir(util::workspace_root())
+        .args(["test", "--workspace"])
+        .status()?
+        .success();
+    if !ok {
+        bail!("cargo test --workspace failed");
+    }
+    util::status("ci: test-upstream, latest step, both interpreters");
+    let test_args = TestArgs {
+        source: SourceArgs { cffi_version: DEFAULT_CFFI.into(), checkout: None },
+        steps: Some("latest".into()),
+        pythons: args.pythons,
+        suites: "upstream,build".into(),
+        parallel_threads: 1,
+        jobs: None,
+        suite_timeout_min: 30,
+        pytest_args: Vec::new(),
+    };
+    test_upstream(test_args)
+}

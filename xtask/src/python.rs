@@ -1,0 +1,551 @@
+//! Interpreters: probing a given `python`, or building CPython 3.13 twice (GIL and
+//! `--disable-gil`) from Debian trixie's `python3.13` source package into the cache.
+//!
+//! The source is fetched with `apt-get source --download-only` through a private apt
+//! configuration under the cache (a `deb-src` entry for trixie that reuses the URI and
+//! keyring of this machine's own Debian source), so the system's apt setup is not
+//! touched. Only the pristine upstream tarball of the source package is built: Debian's
+//! own patches target the system layout (`/usr`, dist-packages) and are not applied.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::util::{self, capture, status, Step};
+
+/// The oldest interpreter the kit supports (cffi-ft targets 3.13).
+const MIN_VERSION: (u32, u32) = (3, 13);
+
+/// An interpreter the harness runs things with.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Interpreter {
+    pub executable: PathBuf,
+    /// `sys.version_info` as "3.13.5".
+    pub version: String,
+    pub free_threaded: bool,
+}
+
+impl Interpreter {
+    /// "3.13.5" or "3.13.5t": the column name in matrices and a path component.
+    pub fn label(&self) -> String {
+        format!("{}{}", self.version, if self.free_threaded { "t" } else { "" })
+    }
+}
+
+const PROBE: &str = r#"
+import json, sys, sysconfig
+print(json.dumps({
+    "version": "%d.%d.%d" % sys.version_info[:3],
+    "free_threaded": bool(sysconfig.get_config_var("Py_GIL_DISABLED")),
+    "executable": sys.executable,
+    "implementation": sys.implementation.name,
+}))
+"#;
+
+#[derive(Deserialize)]
+struct ProbeOutput {
+    version: String,
+    free_threaded: bool,
+    executable: PathBuf,
+    implementation: String,
+}
+
+/// Asks `path` what it is. Fails with one clear line if it is not a usable CPython ≥ 3.13.
+pub fn probe(path: &Path) -> Result<Interpreter> {
+    if !path.exists() {
+        bail!("--python {}: no such file", path.display());
+    }
+    let out = Command::new(path)
+        .args(["-I", "-c", PROBE])
+        .env_remove("PYTHON_GIL")
+        .output()
+        .map_err(|e| anyhow::anyhow!("--python {}: cannot run it ({e})", path.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let parsed: Option<ProbeOutput> = out
+        .status
+        .success()
+        .then(|| text.lines().rev().find_map(|l| serde_json::from_str(l).ok()))
+        .flatten();
+    let Some(p) = parsed else {
+        bail!("--python {}: not a Python interpreter (it did not answer the probe)", path.display());
+    };
+    if p.implementation != "cpython" {
+        bail!("--python {}: is {} {}, the kit needs CPython", path.display(), p.implementation, p.version);
+    }
+    let (major, minor) = major_minor(&p.version)?;
+    if (major, minor) < MIN_VERSION {
+        bail!(
+            "--python {}: is Python {}, the kit needs CPython {}.{} or newer",
+            path.display(),
+            p.version,
+            MIN_VERSION.0,
+            MIN_VERSION.1
+        );
+    }
+    if (major, minor) != MIN_VERSION {
+        util::warn(format!(
+            "{} is Python {}: the kit is built and measured for 3.13; results may differ",
+            path.display(),
+            p.version
+        ));
+    }
+    Ok(Interpreter { executable: p.executable, version: p.version, free_threaded: p.free_threaded })
+}
+
+fn major_minor(version: &str) -> Result<(u32, u32)> {
+    let mut it = version.split('.');
+    let major = it.next().and_then(|s| s.parse().ok());
+    let minor = it.next().and_then(|s| s.parse().ok());
+    match (major, minor) {
+        (Some(a), Some(b)) => Ok((a, b)),
+        _ => bail!("cannot read Python version {version:?}"),
+    }
+}
+
+/// The interpreters to use: the ones given with `--python`, or the two default builds.
+pub fn resolve(given: &[PathBuf]) -> Result<Vec<Interpreter>> {
+    if given.is_empty() {
+        return ensure_default_builds();
+    }
+    let mut out: Vec<Interpreter> = Vec::new();
+    for path in given {
+        let interp = probe(path)?;
+        if out.iter().any(|i| i.executable == interp.executable) {
+            continue;
+        }
+        out.push(interp);
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------
+// Default builds from Debian's source package
+
+/// The two flavours built by default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavour {
+    Gil,
+    FreeThreaded,
+}
+
+impl Flavour {
+    fn dir_suffix(self) -> &'static str {
+        match self {
+            Flavour::Gil => "gil",
+            Flavour::FreeThreaded => "t",
+        }
+    }
+
+    fn configure_args(self, prefix: &Path) -> Vec<String> {
+        let mut args = vec![
+            format!("--prefix={}", prefix.display()),
+            "--enable-shared".to_string(),
+            format!("LDFLAGS=-Wl,-rpath,{}", prefix.join("lib").display()),
+            "--with-ensurepip=install".to_string(),
+        ];
+        if self == Flavour::FreeThreaded {
+            args.push("--disable-gil".to_string());
+        }
+        args
+    }
+
+    fn executable(self, prefix: &Path, version: &str) -> PathBuf {
+        let mm = version.splitn(3, '.').take(2).collect::<Vec<_>>().join(".");
+        let t = if self == Flavour::FreeThreaded { "t" } else { "" };
+        prefix.join("bin").join(format!("python{mm}{t}"))
+    }
+}
+
+/// Written into an install prefix once it is complete; a prefix without it is rebuilt.
+#[derive(Serialize, Deserialize)]
+struct BuildStamp {
+    version: String,
+    debian_version: String,
+    flavour: String,
+    configure_args: Vec<String>,
+}
+
+const STAMP: &str = "cffi-ft-build.json";
+
+fn python_root() -> Result<PathBuf> {
+    Ok(util::cache_dir()?.join("python"))
+}
+
+/// Finds complete cached builds: (version, flavour) → interpreter.
+fn cached_builds() -> Result<Vec<(Flavour, Interpreter)>> {
+    let root = python_root()?;
+    let mut found = Vec::new();
+    let Ok(entries) = fs::read_dir(&root) else { return Ok(found) };
+    for entry in entries.flatten() {
+        let prefix = entry.path();
+        let Ok(text) = fs::read_to_string(prefix.join(STAMP)) else { continue };
+        let Ok(stamp) = serde_json::from_str::<BuildStamp>(&text) else { continue };
+        let flavour = if stamp.flavour == "t" { Flavour::FreeThreaded } else { Flavour::Gil };
+        let exe = flavour.executable(&prefix, &stamp.version);
+        match probe(&exe) {
+            Ok(interp) if interp.free_threaded == (flavour == Flavour::FreeThreaded) => {
+                found.push((flavour, interp))
+            }
+            _ => util::warn(format!("ignoring broken cached build {}", prefix.display())),
+        }
+    }
+    // newest version first
+    found.sort_by(|a, b| version_key(&b.1.version).cmp(&version_key(&a.1.version)));
+    Ok(found)
+}
+
+fn version_key(v: &str) -> Vec<u32> {
+    v.split('.').filter_map(|p| p.parse().ok()).collect()
+}
+
+/// Returns the GIL and free-threaded builds, building what is missing.
+pub fn ensure_default_builds() -> Result<Vec<Interpreter>> {
+    let cached = cached_builds()?;
+    let pick = |f: Flavour| cached.iter().find(|(fl, _)| *fl == f).map(|(_, i)| i.clone());
+    if let (Some(gil), Some(t)) = (pick(Flavour::Gil), pick(Flavour::FreeThreaded)) {
+        status(format!(
+            "interpreters: CPython {} and {} (cached in {})",
+            gil.label(),
+            t.label(),
+            python_root()?.display()
+        ));
+        return Ok(vec![gil, t]);
+    }
+    let source = fetch_debian_source()?;
+    let mut out = Vec::new();
+    for flavour in [Flavour::Gil, Flavour::FreeThreaded] {
+        match pick(flavour) {
+            Some(i) if i.version == source.version => out.push(i),
+            _ => out.push(build(&source, flavour)?),
+        }
+    }
+    Ok(out)
+}
+
+/// An unpacked CPython source tree from Debian's source package.
+struct DebianSource {
+    tree: PathBuf,
+    version: String,
+    debian_version: String,
+}
+
+/// The URI and keyring of this machine's Debian archive entry, from apt's own config.
+fn system_debian_archive() -> Result<(String, Option<String>)> {
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(entries) = fs::read_dir("/etc/apt/sources.list.d") {
+        let mut more: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        more.sort();
+        files.extend(more);
+    }
+    for file in files {
+        let Ok(text) = fs::read_to_string(&file) else { continue };
+        let name = file.to_string_lossy();
+        let found = if name.ends_with(".sources") {
+            find_archive_deb822(&text)
+        } else if name.ends_with(".list") {
+            find_archive_one_line(&text)
+        } else {
+            None
+        };
+        if found.is_some() {
+            return found.context("unreachable");
+        }
+    }
+    bail!(
+        "cannot find a Debian archive in /etc/apt/sources.list{{,.d}}: pass --python PATH \
+         (twice: a GIL and a free-threaded CPython 3.13) instead of building them"
+    )
+}
+
+fn is_debian_archive_uri(uri: &str) -> bool {
+    let trimmed = uri.trim_end_matches('/');
+    trimmed.ends_with("/debian") && !trimmed.contains("security")
+}
+
+fn find_archive_deb822(text: &str) -> Option<(String, Option<String>)> {
+    for stanza in text.split("\n\n") {
+        let field = |key: &str| {
+            stanza.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                (k.trim().eq_ignore_ascii_case(key)).then(|| v.trim().to_string())
+            })
+        };
+        let enabled = field("Enabled").map_or(true, |v| v != "no");
+        let types = field("Types").unwrap_or_default();
+        let Some(uris) = field("URIs") else { continue };
+        if !enabled || !types.split_whitespace().any(|t| t == "deb" || t == "deb-src") {
+            continue;
+        }
+        if let Some(uri) = uris.split_whitespace().find(|u| is_debian_archive_uri(u)) {
+            return Some((uri.to_string(), field("Signed-By")));
+        }
+    }
+    None
+}
+
+fn find_archive_one_line(text: &str) -> Option<(String, Option<String>)> {
+    for line in text.lines() {
+        let line = line.trim();
+        if !(line.starts_with("deb ") || line.starts_with("deb-src ")) {
+            continue;
+        }
+        let mut signed_by = None;
+        let mut words = Vec::new();
+        let mut rest = line.split_once(' ')?.1.trim();
+        if rest.starts_with('[') {
+            let end = rest.find(']')?;
+            for opt in rest[1..end].split_whitespace() {
+                if let Some(v) = opt.strip_prefix("signed-by=") {
+                    signed_by = Some(v.to_string());
+                }
+            }
+            rest = rest[end + 1..].trim();
+        }
+        words.extend(rest.split_whitespace());
+        if let Some(uri) = words.first().filter(|u| is_debian_archive_uri(u)) {
+            return Some((uri.to_string(), signed_by));
+        }
+    }
+    None
+}
+
+/// `apt-get source --download-only python3.13` from trixie, through a private apt config.
+fn fetch_debian_source() -> Result<DebianSource> {
+    let cache = util::cache_dir()?;
+    let apt = cache.join("apt");
+    let (uri, signed_by) = system_debian_archive()?;
+    let parts = apt.join("sources.list.d");
+    fs::create_dir_all(&parts)?;
+    fs::create_dir_all(apt.join("lists").join("partial"))?;
+    fs::create_dir_all(apt.join("cache").join("archives").join("partial"))?;
+    let mut entry = format!("Types: deb-src\nURIs: {uri}\nSuites: trixie\nComponents: main\n");
+    if let Some(key) = signed_by {
+        entry.push_str(&format!("Signed-By: {key}\n"));
+    }
+    util::write_atomic(&parts.join("cffi-ft-trixie-src.sources"), entry.as_bytes())?;
+    let apt_opts = [
+        "-o".to_string(),
+        "Dir::Etc::SourceList=/dev/null".to_string(),
+        "-o".to_string(),
+        format!("Dir::Etc::SourceParts={}", parts.display()),
+        "-o".to_string(),
+        format!("Dir::State::Lists={}", apt.join("lists").display()),
+        "-o".to_string(),
+        format!("Dir::Cache={}", apt.join("cache").display()),
+        "-o".to_string(),
+        "APT::Sandbox::User=root".to_string(),
+    ];
+    let log = cache.join("logs").join("debian-source.log");
+    status(format!("fetching Debian trixie's python3.13 source package (from {uri})"));
+    Step {
+        label: "apt-get update (trixie deb-src, private lists)".into(),
+        cmd: Command::new("apt-get").args(&apt_opts).arg("update"),
+        log: &log,
+        timeout: Some(std::time::Duration::from_secs(600)),
+    }
+    .run_ok()
+    .context("cannot read trixie's source index (is apt-get available and the archive reachable?)")?;
+    let downloads = cache.join("downloads").join("python3.13");
+    util::remove_dir_if_exists(&downloads)?;
+    fs::create_dir_all(&downloads)?;
+    Step {
+        label: "apt-get source --download-only python3.13".into(),
+        cmd: Command::new("apt-get")
+            .args(&apt_opts)
+            .args(["source", "--download-only", "python3.13"])
+            .current_dir(&downloads),
+        log: &log,
+        timeout: Some(std::time::Duration::from_secs(1200)),
+    }
+    .run_ok()?;
+    let mut dsc = None;
+    let mut orig = None;
+    for e in fs::read_dir(&downloads)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".dsc") {
+            dsc = Some(name);
+        } else if name.contains(".orig.tar.") && !name.ends_with(".asc") {
+            orig = Some(e.path());
+        }
+    }
+    let (Some(dsc), Some(orig)) = (dsc, orig) else {
+        bail!("apt-get source left no .dsc and orig tarball in {}", downloads.display());
+    };
+    // python3.13_3.13.5-2+deb13u5.dsc
+    let debian_version = dsc
+        .trim_end_matches(".dsc")
+        .split_once('_')
+        .map(|(_, v)| v.to_string())
+        .context("unexpected .dsc name")?;
+    let version = debian_version.split(['-', '+', '~']).next().unwrap_or("").to_string();
+    let src_root = cache.join("src");
+    let tree = src_root.join(format!("Python-{version}"));
+    if !tree.join("configure").exists() {
+        let scratch = util::ScratchDir::new_in(&src_root, "unpack")?;
+        Step {
+            label: format!("unpacking {}", orig.file_name().unwrap_or_default().to_string_lossy()),
+            cmd: Command::new("tar").arg("xf").arg(&orig).current_dir(scratch.path()),
+            log: &log,
+            timeout: None,
+        }
+        .run_ok()?;
+        let unpacked = scratch.path().join(format!("Python-{version}"));
+        if !unpacked.join("configure").exists() {
+            bail!("{} did not contain Python-{version}/configure", orig.display());
+        }
+        util::remove_dir_if_exists(&tree)?;
+        fs::rename(&unpacked, &tree)?;
+    }
+    Ok(DebianSource { tree, version, debian_version })
+}
+
+/// Debian packages CPython's build needs (modules pip and the cffi suite use).
+const BUILD_DEPS: &[&str] = &[
+    "gcc", "make", "pkg-config", "libffi-dev", "libssl-dev", "zlib1g-dev", "libbz2-dev",
+    "liblzma-dev", "libsqlite3-dev", "libreadline-dev", "libexpat1-dev", "uuid-dev",
+];
+
+fn ensure_build_deps(log: &Path) -> Result<()> {
+    let missing: Vec<&str> = BUILD_DEPS
+        .iter()
+        .copied()
+        .filter(|pkg| {
+            capture(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
+                .map(|s| !s.contains("install ok installed"))
+                .unwrap_or(true)
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !util::is_root() {
+        bail!("missing build dependencies: {} (install them with apt-get)", missing.join(" "));
+    }
+    status(format!("installing build dependencies: {}", missing.join(" ")));
+    Step {
+        label: "apt-get update".into(),
+        cmd: Command::new("apt-get").arg("update"),
+        log,
+        timeout: Some(std::time::Duration::from_secs(600)),
+    }
+    .run_ok()?;
+    Step {
+        label: "apt-get install".into(),
+        cmd: Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        log,
+        timeout: Some(std::time::Duration::from_secs(1200)),
+    }
+    .run_ok()
+}
+
+fn build(source: &DebianSource, flavour: Flavour) -> Result<Interpreter> {
+    let cache = util::cache_dir()?;
+    let name = format!("{}-{}", source.version, flavour.dir_suffix());
+    let prefix = python_root()?.join(&name);
+    let build_dir = cache.join("build").join(&name);
+    let log = cache.join("logs").join(format!("python-{name}.log"));
+    ensure_build_deps(&log)?;
+    let _ = fs::remove_file(&log);
+    util::remove_dir_if_exists(&prefix)?;
+    util::remove_dir_if_exists(&build_dir)?;
+    fs::create_dir_all(&build_dir)?;
+    let t = if flavour == Flavour::FreeThreaded { "t" } else { "" };
+    status(format!(
+        "building CPython {}{t} from Debian {} into {} (several minutes; log: {})",
+        source.version,
+        source.debian_version,
+        prefix.display(),
+        log.display()
+    ));
+    let args = flavour.configure_args(&prefix);
+    let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let steps: [(&str, Command); 3] = [
+        ("configure", {
+            let mut c = Command::new(source.tree.join("configure"));
+            c.args(&args);
+            c
+        }),
+        ("make", {
+            let mut c = Command::new("make");
+            c.arg(format!("-j{jobs}"));
+            c
+        }),
+        ("make install", {
+            let mut c = Command::new("make");
+            c.arg("install");
+            c
+        }),
+    ];
+    for (what, mut cmd) in steps {
+        Step {
+            label: format!("CPython {}{t}: {what}", source.version),
+            cmd: cmd.current_dir(&build_dir),
+            log: &log,
+            timeout: None,
+        }
+        .run_ok()?;
+    }
+    let exe = flavour.executable(&prefix, &source.version);
+    let interp = probe(&exe)?;
+    if interp.free_threaded != (flavour == Flavour::FreeThreaded) {
+        bail!("{} built with the wrong flavour (Py_GIL_DISABLED mismatch)", exe.display());
+    }
+    let stamp = BuildStamp {
+        version: source.version.clone(),
+        debian_version: source.debian_version.clone(),
+        flavour: flavour.dir_suffix().into(),
+        configure_args: args,
+    };
+    util::write_atomic(&prefix.join(STAMP), serde_json::to_string_pretty(&stamp)?.as_bytes())?;
+    util::remove_dir_if_exists(&build_dir)?;
+    Ok(interp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_archive_in_deb822_and_skips_security() {
+        let text = "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: x\n\n\
+                    Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm\n\
+                    Signed-By: /usr/share/keyrings/k.gpg\n";
+        assert_eq!(
+            find_archive_deb822(text),
+            Some(("http://mirror.example/debian".into(), Some("/usr/share/keyrings/k.gpg".into())))
+        );
+    }
+
+    #[test]
+    fn finds_archive_in_one_line_format() {
+        let text = "# comment\ndeb [arch=amd64 signed-by=/k.gpg] http://m.example/debian/ bookworm main\n";
+        assert_eq!(
+            find_archive_one_line(text),
+            Some(("http://m.example/debian/".into(), Some("/k.gpg".into())))
+        );
+        assert_eq!(find_archive_one_line("deb http://m.example/ubuntu jammy main"), None);
+    }
+
+    #[test]
+    fn flavour_paths_and_args() {
+        let p = Path::new("/c/python/3.13.5-t");
+        assert_eq!(Flavour::FreeThreaded.executable(p, "3.13.5"), p.join("bin/python3.13t"));
+        assert_eq!(Flavour::Gil.executable(p, "3.13.5"), p.join("bin/python3.13"));
+        assert!(Flavour::FreeThreaded.configure_args(p).contains(&"--disable-gil".to_string()));
+        assert!(!Flavour::Gil.configure_args(p).contains(&"--disable-gil".to_string()));
+    }
+
+    #[test]
+    fn probe_rejects_a_non_python() {
+        let err = probe(Path::new("/bin/true")).unwrap_err().to_string();
+        assert!(err.contains("not a Python interpreter"), "{err}");
+        let err = probe(Path::new("/nonexistent/python")).unwrap_err().to_string();
+        assert!(err.contains("no such file"), "{err}");
+    }
+}

@@ -1,0 +1,277 @@
+//! Results: one cell per (step, interpreter, suite, parallel threads), the matrix that
+//! shows them, and `target/cffi-ft/report.{json,md}`.
+//!
+//! Each command merges its cells into the existing report (a cell replaces the earlier
+//! cell with the same key), so suites run by different commands share one report.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use crate::util;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Cell {
+    pub step: u32,
+    /// "3.13.5"
+    pub python: String,
+    pub free_threaded: bool,
+    /// "upstream" (cffi's own suite), "build" (compat-tests/test_build.py), ...
+    pub suite: String,
+    pub parallel_threads: u32,
+    pub passed: u64,
+    pub failed: u64,
+    pub errors: u64,
+    pub skipped: u64,
+    /// `sys._is_gil_enabled()` at the end of the run; None if the run did not finish.
+    pub gil_enabled_after: Option<bool>,
+    /// "ok", "failed", "crashed", "timed out" or "build failed".
+    pub outcome: String,
+    /// What went wrong, in one line (crash signal and site, build error, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    pub duration_s: u64,
+    pub log: String,
+    pub run_at: u64,
+}
+
+impl Cell {
+    pub fn key(&self) -> (u32, String, bool, String, u32) {
+        (self.step, self.python.clone(), self.free_threaded, self.suite.clone(), self.parallel_threads)
+    }
+
+    pub fn column(&self) -> String {
+        format!("{}{}", self.python, if self.free_threaded { "t" } else { "" })
+    }
+
+    /// A cell is bad if anything failed, or the GIL came back on a free-threaded build.
+    pub fn is_bad(&self) -> bool {
+        self.outcome != "ok"
+            || self.failed > 0
+            || self.errors > 0
+            || (self.free_threaded && self.gil_enabled_after != Some(false))
+    }
+
+    fn text(&self) -> String {
+        let gil = match self.gil_enabled_after {
+            Some(true) => "GIL on",
+            Some(false) => "GIL off",
+            None => "GIL ?",
+        };
+        let mut s = format!(
+            "{} passed / {} failed / {} errors / {} skipped · {gil}",
+            self.passed, self.failed, self.errors, self.skipped
+        );
+        if self.outcome != "ok" && self.outcome != "failed" {
+            s = format!("**{}** · {s}", self.outcome.to_uppercase());
+        }
+        if self.is_bad() {
+            s.push_str(" ✗");
+        }
+        s
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Report {
+    pub cffi_version: String,
+    pub kit_version: String,
+    pub generated_at: u64,
+    pub cells: Vec<Cell>,
+}
+
+pub fn report_paths() -> (PathBuf, PathBuf) {
+    let dir = util::kit_target_dir();
+    (dir.join("report.json"), dir.join("report.md"))
+}
+
+/// Merges `cells` into the report on disk and rewrites report.json and report.md.
+pub fn merge_and_write(cffi_version: &str, cells: &[Cell]) -> Result<Report> {
+    let (json_path, md_path) = report_paths();
+    let mut report = fs::read_to_string(&json_path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Report>(&t).ok())
+        .filter(|r| r.cffi_version == cffi_version)
+        .unwrap_or(Report {
+            cffi_version: cffi_version.to_string(),
+            kit_version: String::new(),
+            generated_at: 0,
+            cells: Vec::new(),
+        });
+    report.kit_version = env!("CARGO_PKG_VERSION").to_string();
+    report.generated_at = util::unix_now();
+    for cell in cells {
+        report.cells.retain(|c| c.key() != cell.key());
+        report.cells.push(cell.clone());
+    }
+    report.cells.sort_by_key(|c| c.key());
+    util::write_atomic(&json_path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    let md = format!(
+        "# cffi-ft report: cffi {}\n\nKit {}. Cells: passed / failed / errors / skipped, and \
+         whether the GIL was enabled at the end of the run. ✗ marks a cell that fails the \
+         run.\n\n{}",
+        report.cffi_version,
+        report.kit_version,
+        render_matrix(&report.cells)
+    );
+    util::write_atomic(&md_path, md.as_bytes())?;
+    Ok(report)
+}
+
+/// Markdown tables: one per (suite, parallel threads); rows are steps, columns are
+/// interpreters.
+pub fn render_matrix(cells: &[Cell]) -> String {
+    let groups: BTreeSet<(String, u32)> =
+        cells.iter().map(|c| (c.suite.clone(), c.parallel_threads)).collect();
+    let mut out = String::new();
+    for (suite, threads) in groups {
+        let in_group: Vec<&Cell> =
+            cells.iter().filter(|c| c.suite == suite && c.parallel_threads == threads).collect();
+        let mut columns: Vec<(String, bool, String)> = Vec::new();
+        for c in &in_group {
+            let col = (c.python.clone(), c.free_threaded, c.column());
+            if !columns.contains(&col) {
+                columns.push(col);
+            }
+        }
+        columns.sort();
+        let steps: BTreeSet<u32> = in_group.iter().map(|c| c.step).collect();
+        let threads_note =
+            if threads > 1 { format!(", pytest-run-parallel × {threads}") } else { String::new() };
+        let _ = writeln!(out, "## suite `{suite}`{threads_note}\n");
+        let _ = write!(out, "| step |");
+        for (_, _, name) in &columns {
+            let _ = write!(out, " {name} |");
+        }
+        let _ = write!(out, "\n|---|");
+        for _ in &columns {
+            let _ = write!(out, "---|");
+        }
+        out.push('\n');
+        for step in steps {
+            let _ = write!(out, "| {step} |");
+            for (python, ft, _) in &columns {
+                let cell = in_group
+                    .iter()
+                    .find(|c| c.step == step && &c.python == python && c.free_threaded == *ft);
+                let text = cell.map_or_else(|| "—".to_string(), |c| c.text());
+                let _ = write!(out, " {text} |");
+            }
+            out.push('\n');
+        }
+        let notes: Vec<&&Cell> = in_group.iter().filter(|c| c.detail.is_some()).collect();
+        if !notes.is_empty() {
+            out.push('\n');
+            for c in notes {
+                let _ = writeln!(
+                    out,
+                    "- step {} / {}: {}",
+                    c.step,
+                    c.column(),
+                    c.detail.as_deref().unwrap_or_default()
+                );
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Counts from a pytest junit XML file.
+#[derive(Debug, Default, PartialEq)]
+pub struct JunitCounts {
+    pub passed: u64,
+    pub failed: u64,
+    pub errors: u64,
+    pub skipped: u64,
+}
+
+pub fn parse_junit(xml: &str) -> Result<JunitCounts> {
+    let doc = roxmltree::Document::parse(xml)?;
+    let mut counts = JunitCounts::default();
+    for case in doc.descendants().filter(|n| n.has_tag_name("testcase")) {
+        let has = |tag: &str| case.children().any(|c| c.has_tag_name(tag));
+        let (failure, error, skipped) = (has("failure"), has("error"), has("skipped"));
+        if failure {
+            counts.failed += 1;
+        }
+        if error {
+            counts.errors += 1;
+        }
+        if skipped && !failure && !error {
+            counts.skipped += 1;
+        }
+        if !failure && !error && !skipped {
+            counts.passed += 1;
+        }
+    }
+    Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(step: u32, ft: bool, failed: u64, gil: Option<bool>) -> Cell {
+        Cell {
+            step,
+            python: "3.13.5".into(),
+            free_threaded: ft,
+            suite: "upstream".into(),
+            parallel_threads: 1,
+            passed: 10,
+            failed,
+            errors: 0,
+            skipped: 1,
+            gil_enabled_after: gil,
+            outcome: if failed > 0 { "failed".into() } else { "ok".into() },
+            detail: None,
+            duration_s: 1,
+            log: "x.log".into(),
+            run_at: 0,
+        }
+    }
+
+    #[test]
+    fn junit_counts_each_outcome_once() {
+        let xml = r#"<testsuites><testsuite>
+            <testcase name="a"/>
+            <testcase name="b"><failure message="x"/></testcase>
+            <testcase name="c"><skipped message="s"/></testcase>
+            <testcase name="d"><error message="e"/></testcase>
+            <testcase name="e"><failure/><error/></testcase>
+            <testcase name="f"/>
+        </testsuite></testsuites>"#;
+        assert_eq!(
+            parse_junit(xml).unwrap(),
+            JunitCounts { passed: 2, failed: 2, errors: 2, skipped: 1 }
+        );
+        assert!(parse_junit("<not closed").is_err());
+    }
+
+    #[test]
+    fn bad_cells() {
+        assert!(!cell(0, false, 0, Some(true)).is_bad(), "the GIL is on in a GIL build");
+        assert!(!cell(0, true, 0, Some(false)).is_bad());
+        assert!(cell(0, true, 0, Some(true)).is_bad(), "GIL came back on t");
+        assert!(cell(0, true, 0, None).is_bad(), "unknown GIL state on t");
+        assert!(cell(0, false, 1, Some(true)).is_bad());
+        let mut crashed = cell(0, false, 0, None);
+        crashed.outcome = "crashed".into();
+        assert!(crashed.is_bad());
+    }
+
+    #[test]
+    fn matrix_has_a_row_per_step_and_a_column_per_interpreter() {
+        let cells = vec![cell(0, false, 0, Some(true)), cell(0, true, 0, Some(false)), cell(1, true, 2, Some(false))];
+        let md = render_matrix(&cells);
+        assert!(md.contains("| step | 3.13.5 | 3.13.5t |"), "{md}");
+        assert!(md.contains("| 0 | 10 passed / 0 failed / 0 errors / 1 skipped · GIL on | 10 passed"), "{md}");
+        assert!(md.contains("| 1 | — | 10 passed / 2 failed"), "{md}");
+        assert!(md.contains("✗"), "{md}");
+    }
+}

@@ -1,0 +1,334 @@
+//! `cargo xtask test-upstream`: for each step and interpreter, build the patched
+//! backend into its own venv and run cffi's own suite (plus the kit's build checks).
+//!
+//! Cell layout: `target/cffi-ft/cells/step<N>-py<label>/` holds the patched tree, the
+//! staticlib, the venv, junit XML, the GIL state and one log per phase. It is rebuilt
+//! from scratch each run, so a result never depends on an earlier run's leftovers.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::python::Interpreter;
+use crate::report::{self, Cell};
+use crate::series::{self, Series};
+use crate::upstream::Upstream;
+use crate::util::{self, status, Step};
+
+/// What a run is asked to do.
+pub struct Plan {
+    pub series: Series,
+    pub upstream: Upstream,
+    pub steps: Vec<u32>,
+    pub interpreters: Vec<Interpreter>,
+    pub suites: Vec<Suite>,
+    pub parallel_threads: u32,
+    pub jobs: usize,
+    pub pytest_args: Vec<String>,
+    pub suite_timeout: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Suite {
+    /// cffi's own tests: `src/c/test_c.py` and `testing/`.
+    Upstream,
+    /// `compat-tests/test_build.py`: the step-0 promises (GIL stays off, kit linked).
+    Build,
+}
+
+impl Suite {
+    pub fn name(self) -> &'static str {
+        match self {
+            Suite::Upstream => "upstream",
+            Suite::Build => "build",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Suite> {
+        match s {
+            "upstream" => Ok(Suite::Upstream),
+            "build" => Ok(Suite::Build),
+            other => bail!("--suites: unknown suite {other:?} (known: upstream, build)"),
+        }
+    }
+}
+
+/// A patched backend installed in a venv, ready for tests.
+pub struct BuiltCell {
+    pub dir: PathBuf,
+    pub tree: PathBuf,
+    pub python: PathBuf,
+    pub site_packages: PathBuf,
+}
+
+pub fn cell_dir(step: u32, interp: &Interpreter) -> PathBuf {
+    util::kit_target_dir().join("cells").join(format!("step{step}-py{}", interp.label()))
+}
+
+/// Builds the staticlib for `interp` with the features of `step`; returns the archive.
+pub fn build_staticlib(series: &Series, step: u32, interp: &Interpreter, log: &Path) -> Result<PathBuf> {
+    let target_dir = util::kit_target_dir().join("cargo").join(format!("py{}", interp.label()));
+    let features = series.features_up_to(step);
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(util::workspace_root())
+        .args(["build", "--release", "--package", "cffi-ft", "--target-dir"])
+        .arg(&target_dir)
+        .env("PYO3_PYTHON", &interp.executable)
+        .env("PYO3_BUILD_EXTENSION_MODULE", "1")
+        // cargo passes these to build scripts of the xtask itself; keep them out
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RUSTFLAGS");
+    if !features.is_empty() {
+        cmd.arg("--features").arg(features.join(","));
+    }
+    Step { label: format!("[{}] cargo build cffi-ft (step {step})", interp.label()), cmd: &mut cmd, log, timeout: None }
+        .run_ok()?;
+    Ok(target_dir.join("release").join("libcffi_ft.a"))
+}
+
+/// Copies and patches the tree, builds the staticlib, creates the venv and installs
+/// the patched cffi into it.
+pub fn build_cell(plan: &Plan, step: u32, interp: &Interpreter) -> Result<BuiltCell> {
+    let dir = cell_dir(step, interp);
+    util::remove_dir_if_exists(&dir)?;
+    fs::create_dir_all(&dir)?;
+    let log = dir.join("build.log");
+    let label = interp.label();
+
+    let tree = dir.join("cffi");
+    util::copy_tree(&plan.upstream.tree, &tree, &[".git"])?;
+    series::apply(&tree, &plan.series.up_to(step))?;
+
+    let built = build_staticlib(&plan.series, step, interp, &log)?;
+    let staticlib = dir.join("libcffi_ft.a");
+    fs::copy(&built, &staticlib).with_context(|| format!("cargo built no {}", built.display()))?;
+
+    let venv = dir.join("venv");
+    Step {
+        label: format!("[{label}] venv"),
+        cmd: Command::new(&interp.executable).arg("-m").arg("venv").arg(&venv),
+        log: &log,
+        timeout: Some(Duration::from_secs(300)),
+    }
+    .run_ok()?;
+    let python = venv.join("bin").join("python");
+    let requirements = util::workspace_root().join("compat-tests").join("requirements.txt");
+    Step {
+        label: format!("[{label}] pip install test requirements"),
+        cmd: Command::new(&python)
+            .args(["-m", "pip", "install", "--disable-pip-version-check", "-r"])
+            .arg(&requirements),
+        log: &log,
+        timeout: Some(Duration::from_secs(900)),
+    }
+    .run_ok()?;
+    Step {
+        label: format!("[{label}] pip install patched cffi (step {step})"),
+        cmd: Command::new(&python)
+            .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-build-isolation", "--no-deps", "-v"])
+            .arg(&tree)
+            .env("CFFI_FT_STATICLIB", &staticlib)
+            .env("CFFI_FT_SHIM_DIR", util::workspace_root().join("shim-c")),
+        log: &log,
+        timeout: Some(Duration::from_secs(900)),
+    }
+    .run_ok()?;
+    let site_packages = PathBuf::from(
+        util::capture(Command::new(&python).args(["-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]))?
+            .trim(),
+    );
+    Ok(BuiltCell { dir, tree, python, site_packages })
+}
+
+/// Runs one pytest suite in a built cell and turns the outcome into a cell.
+pub fn run_suite(plan: &Plan, step: u32, interp: &Interpreter, built: &BuiltCell, suite: Suite) -> Result<Cell> {
+    let name = suite.name();
+    let junit = built.dir.join(format!("{name}.xml"));
+    let gil_file = built.dir.join(format!("{name}-gil.json"));
+    let log = built.dir.join(format!("{name}.log"));
+    let tmp = built.dir.join(format!("tmp-{name}"));
+    fs::create_dir_all(&tmp)?;
+    let _ = fs::remove_file(&junit);
+    let _ = fs::remove_file(&gil_file);
+
+    let mut cmd = Command::new(&built.python);
+    cmd.args(["-m", "pytest", "-v", "-rfE", "-p", "no:cacheprovider", "--timeout=900"])
+        .arg(format!("--junitxml={}", junit.display()));
+    match suite {
+        Suite::Upstream => {
+            cmd.args(["src/c/test_c.py", "testing"]).current_dir(&built.tree);
+        }
+        Suite::Build => {
+            let tests = util::workspace_root().join("compat-tests");
+            cmd.arg(tests.join("test_build.py"))
+                .arg(format!("--rootdir={}", tests.display()))
+                .current_dir(&tmp);
+        }
+    }
+    if plan.parallel_threads > 1 {
+        cmd.arg(format!("--parallel-threads={}", plan.parallel_threads));
+    }
+    cmd.args(&plan.pytest_args)
+        // The point of the run is to see whether the GIL stays off by itself.
+        .env_remove("PYTHON_GIL")
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONFAULTHANDLER", "1")
+        // Embedded interpreters (testing/embedding) start from the base prefix; let
+        // them find the patched cffi of this venv.
+        .env("PYTHONPATH", &built.site_packages)
+        .env("CFFI_FT_GIL_STATE_FILE", &gil_file)
+        .env("CFFI_FT_EXPECT_STEP", step.to_string())
+        .env("TMPDIR", &tmp);
+
+    let started = Instant::now();
+    let finished = Step {
+        label: format!("[{}] step {step}: {name} suite", interp.label()),
+        cmd: &mut cmd,
+        log: &log,
+        timeout: Some(plan.suite_timeout),
+    }
+    .run()?;
+    let counts = fs::read_to_string(&junit).ok().and_then(|x| report::parse_junit(&x).ok());
+    let gil_enabled_after = fs::read_to_string(&gil_file)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get("gil_enabled_after").and_then(|b| b.as_bool()));
+    let code = finished.status.code();
+    let (outcome, detail) = match (&counts, code) {
+        _ if finished.timed_out => ("timed out".to_string(), Some(format!("no result after {}s; last test: {}", plan.suite_timeout.as_secs(), last_test_in_log(&log)))),
+        (Some(_), Some(0)) => ("ok".to_string(), None),
+        (Some(_), Some(1)) => ("failed".to_string(), None),
+        (_, None) => (
+            "crashed".to_string(),
+            Some(format!("pytest {}; last test: {}", finished.describe(), last_test_in_log(&log))),
+        ),
+        (_, Some(c)) => ("failed".to_string(), Some(format!("pytest exit code {c} (see {})", log.display()))),
+    };
+    let counts = counts.unwrap_or_default();
+    Ok(Cell {
+        step,
+        python: interp.version.clone(),
+        free_threaded: interp.free_threaded,
+        suite: name.to_string(),
+        parallel_threads: plan.parallel_threads,
+        passed: counts.passed,
+        failed: counts.failed,
+        errors: counts.errors,
+        skipped: counts.skipped,
+        gil_enabled_after,
+        outcome,
+        detail,
+        duration_s: started.elapsed().as_secs(),
+        log: log.display().to_string(),
+        run_at: util::unix_now(),
+    })
+}
+
+/// The node id of the last test pytest -v announced, for crash reports.
+fn last_test_in_log(log: &Path) -> String {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .rev()
+        .find_map(|l| {
+            let first = l.split_whitespace().next()?;
+            first.contains("::").then(|| first.to_string())
+        })
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+fn failed_build_cells(plan: &Plan, step: u32, interp: &Interpreter, err: &anyhow::Error) -> Vec<Cell> {
+    let first_line = format!("{err:#}").lines().next().unwrap_or("").to_string();
+    plan.suites
+        .iter()
+        .map(|suite| Cell {
+            step,
+            python: interp.version.clone(),
+            free_threaded: interp.free_threaded,
+            suite: suite.name().to_string(),
+            parallel_threads: plan.parallel_threads,
+            passed: 0,
+            failed: 0,
+            errors: 0,
+            skipped: 0,
+            gil_enabled_after: None,
+            outcome: "build failed".into(),
+            detail: Some(first_line.clone()),
+            duration_s: 0,
+            log: cell_dir(step, interp).join("build.log").display().to_string(),
+            run_at: util::unix_now(),
+        })
+        .collect()
+}
+
+/// All steps for one interpreter, in order.
+fn run_interpreter(plan: &Plan, interp: &Interpreter) -> Vec<Cell> {
+    let mut cells = Vec::new();
+    for &step in &plan.steps {
+        match build_cell(plan, step, interp) {
+            Err(err) => {
+                util::warn(format!("[{}] step {step}: {err:#}", interp.label()));
+                cells.extend(failed_build_cells(plan, step, interp, &err));
+            }
+            Ok(built) => {
+                for &suite in &plan.suites {
+                    match run_suite(plan, step, interp, &built, suite) {
+                        Ok(cell) => cells.push(cell),
+                        Err(err) => {
+                            util::warn(format!("[{}] step {step} {}: {err:#}", interp.label(), suite.name()));
+                            let mut failed = failed_build_cells(plan, step, interp, &err);
+                            failed.retain(|c| c.suite == suite.name());
+                            cells.extend(failed);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    cells
+}
+
+/// Runs the plan (interpreters in parallel, up to `jobs` at a time), writes the
+/// report and prints the matrix. Returns whether every cell is good.
+pub fn run(plan: &Plan) -> Result<bool> {
+    status(format!(
+        "test-upstream: cffi {} from {}; steps {:?}; interpreters {}; suites {}{}",
+        plan.upstream.version,
+        plan.upstream.origin,
+        plan.steps,
+        plan.interpreters.iter().map(Interpreter::label).collect::<Vec<_>>().join(", "),
+        plan.suites.iter().map(|s| s.name()).collect::<Vec<_>>().join(", "),
+        if plan.parallel_threads > 1 { format!("; pytest-run-parallel × {}", plan.parallel_threads) } else { String::new() }
+    ));
+    let mut cells = Vec::new();
+    for chunk in plan.interpreters.chunks(plan.jobs.max(1)) {
+        let results: Vec<Vec<Cell>> = std::thread::scope(|scope| {
+            let handles: Vec<_> =
+                chunk.iter().map(|interp| scope.spawn(move || run_interpreter(plan, interp))).collect();
+            handles.into_iter().map(|h| h.join().expect("cell runner panicked")).collect()
+        });
+        cells.extend(results.into_iter().flatten());
+    }
+    cells.sort_by_key(|c| c.key());
+    report::merge_and_write(&plan.upstream.version, &cells)?;
+    let (json, md) = report::report_paths();
+    println!("\n{}", report::render_matrix(&cells));
+    println!("report: {} and {}", md.display(), json.display());
+    let bad: Vec<&Cell> = cells.iter().filter(|c| c.is_bad()).collect();
+    for c in &bad {
+        eprintln!(
+            "FAILED cell: step {} / {} / {}: {} (log: {})",
+            c.step,
+            c.column(),
+            c.suite,
+            c.detail.clone().unwrap_or_else(|| format!(
+                "{} failed, {} errors, GIL after: {:?}",
+                c.failed, c.errors, c.gil_enabled_after
+            )),
+            c.log
+        );
+    }
+    Ok(bad.is_empty())
+}

@@ -1,0 +1,388 @@
+//! Shared plumbing: where things live, running programs with a log and a progress line,
+//! and small file-system helpers that never leave half-written results behind.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// The workspace root (the folder holding the top-level Cargo.toml).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+/// `target/cffi-ft/`: everything the harness builds and reports.
+pub fn kit_target_dir() -> PathBuf {
+    workspace_root().join("target").join("cffi-ft")
+}
+
+/// The per-user cache that survives `cargo clean` and fresh clones: interpreter builds,
+/// downloads. `$CFFI_FT_CACHE`, else `$XDG_CACHE_HOME/cffi-ft`, else `~/.cache/cffi-ft`.
+pub fn cache_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("CFFI_FT_CACHE") {
+        return Ok(PathBuf::from(dir));
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return Ok(PathBuf::from(dir).join("cffi-ft"));
+    }
+    let home = std::env::var_os("HOME").context("neither CFFI_FT_CACHE nor HOME is set")?;
+    Ok(PathBuf::from(home).join(".cache").join("cffi-ft"))
+}
+
+/// Prints a status line (to stderr, so stdout stays for reports).
+pub fn status(msg: impl AsRef<str>) {
+    eprintln!("==> {}", msg.as_ref());
+}
+
+pub fn warn(msg: impl AsRef<str>) {
+    eprintln!("warning: {}", msg.as_ref());
+}
+
+/// How a finished program ended.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub timed_out: bool,
+}
+
+impl Finished {
+    pub fn success(&self) -> bool {
+        !self.timed_out && self.status.success()
+    }
+
+    /// "exit code 3", "killed by signal 11 (SIGSEGV)" or "timed out".
+    pub fn describe(&self) -> String {
+        use std::os::unix::process::ExitStatusExt;
+        if self.timed_out {
+            return "timed out".into();
+        }
+        match (self.status.code(), self.status.signal()) {
+            (Some(code), _) => format!("exit code {code}"),
+            (None, Some(sig)) => format!("killed by signal {sig} ({})", signal_name(sig)),
+            _ => "ended abnormally".into(),
+        }
+    }
+}
+
+pub fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        15 => "SIGTERM",
+        _ => "signal",
+    }
+}
+
+/// A program run whose output goes to a log file while a progress line shows that it
+/// is alive (a spinner on a terminal, a line every minute otherwise).
+pub struct Step<'a> {
+    pub label: String,
+    pub cmd: &'a mut Command,
+    pub log: &'a Path,
+    pub timeout: Option<Duration>,
+}
+
+impl Step<'_> {
+    /// Runs the program; its stdout and stderr are appended to the log.
+    pub fn run(self) -> Result<Finished> {
+        if let Some(dir) = self.log.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let mut log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log)
+            .with_context(|| format!("cannot open log {}", self.log.display()))?;
+        writeln!(log, "\n$ {}", describe_command(self.cmd))?;
+        let out = log.try_clone()?;
+        let started = Instant::now();
+        let mut child = self
+            .cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .with_context(|| format!("cannot start {}", program_name(self.cmd)))?;
+        let done = Arc::new(AtomicBool::new(false));
+        let ticker = progress_ticker(self.label.clone(), done.clone());
+        let mut timed_out = false;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if self.timeout.is_some_and(|t| started.elapsed() > t) {
+                timed_out = true;
+                let _ = child.kill();
+                break child.wait()?;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        done.store(true, Ordering::Release);
+        let _ = ticker.join();
+        let finished = Finished { status, timed_out };
+        let secs = started.elapsed().as_secs();
+        eprintln!("    {} ... {} ({}m{:02}s)", self.label, if finished.success() { "ok".to_string() } else { finished.describe() }, secs / 60, secs % 60);
+        Ok(finished)
+    }
+
+    /// Runs the program and fails with the log's last lines if it does not succeed.
+    pub fn run_ok(self) -> Result<()> {
+        let label = self.label.clone();
+        let log = self.log.to_path_buf();
+        let finished = self.run()?;
+        if !finished.success() {
+            bail!(
+                "{label} failed ({}); log: {}\n{}",
+                finished.describe(),
+                log.display(),
+                tail_of_file(&log, 15)
+            );
+        }
+        Ok(())
+    }
+}
+
+fn progress_ticker(label: String, done: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("    {spinner} {msg} {elapsed}")
+                    .expect("static template"),
+            );
+            bar.set_message(label);
+            while !done.load(Ordering::Acquire) {
+                bar.tick();
+                std::thread::sleep(Duration::from_millis(120));
+            }
+            bar.finish_and_clear();
+        } else {
+            let mut next = Duration::from_secs(60);
+            while !done.load(Ordering::Acquire) {
+                if started.elapsed() >= next {
+                    eprintln!("    {label} ... still running ({}m)", next.as_secs() / 60);
+                    next += Duration::from_secs(60);
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    })
+}
+
+fn program_name(cmd: &Command) -> String {
+    cmd.get_program().to_string_lossy().into_owned()
+}
+
+pub fn describe_command(cmd: &Command) -> String {
+    let mut parts = vec![program_name(cmd)];
+    parts.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+    parts.join(" ")
+}
+
+/// Runs a short program and returns its stdout; fails with its stderr.
+pub fn capture(cmd: &mut Command) -> Result<String> {
+    let output = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {}", program_name(cmd)))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+        bail!("`{}` failed: {}", describe_command(cmd), last.trim());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The last `n` lines of a file, indented, for error messages.
+pub fn tail_of_file(path: &Path, n: usize) -> String {
+    let mut text = String::new();
+    if let Ok(mut f) = fs::File::open(path) {
+        let _ = f.read_to_string(&mut text);
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(n);
+    lines[start..].iter().map(|l| format!("    | {l}")).collect::<Vec<_>>().join("\n")
+}
+
+/// Recursively copies `src` to `dst` (which must not exist), keeping symlinks as links
+/// and skipping the names in `skip` at any depth (e.g. `.git`).
+pub fn copy_tree(src: &Path, dst: &Path, skip: &[&str]) -> Result<()> {
+    fs::create_dir_all(dst).with_context(|| format!("cannot create {}", dst.display()))?;
+    for entry in fs::read_dir(src).with_context(|| format!("cannot read {}", src.display()))? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if skip.iter().any(|s| OsStr::new(s) == name) {
+            continue;
+        }
+        let from = entry.path();
+        let to = dst.join(&name);
+        let kind = entry.file_type()?;
+        if kind.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(&from)?, &to)?;
+        } else if kind.is_dir() {
+            copy_tree(&from, &to, skip)?;
+        } else {
+            fs::copy(&from, &to)
+                .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes a directory tree if it exists.
+pub fn remove_dir_if_exists(dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot remove {}", dir.display())),
+    }
+}
+
+/// Writes a file atomically: a sibling temporary file renamed over the target.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
+    let dir = path.parent().context("path has no parent")?;
+    fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.cffi-ft-tmp",
+        path.file_name().context("path has no file name")?.to_string_lossy()
+    ));
+    fs::write(&tmp, contents).with_context(|| format!("cannot write {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    Ok(())
+}
+
+/// A scratch directory, removed (with whatever is left in it) on drop.
+pub struct ScratchDir {
+    path: PathBuf,
+}
+
+impl ScratchDir {
+    pub fn new_in(parent: &Path, prefix: &str) -> Result<ScratchDir> {
+        fs::create_dir_all(parent)?;
+        for attempt in 0..1000u32 {
+            let path = parent.join(format!("{prefix}-{}-{attempt}", std::process::id()));
+            match fs::create_dir(&path) {
+                Ok(()) => return Ok(ScratchDir { path }),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
+            }
+        }
+        bail!("cannot create a scratch directory in {}", parent.display())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut f = fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+pub fn is_root() -> bool {
+    capture(Command::new("id").arg("-u")).map(|s| s.trim() == "0").unwrap_or(false)
+}
+
+/// Seconds since the Unix epoch, for report timestamps.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_tree_skips_names_and_keeps_links() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        fs::create_dir_all(src.join(".git")).unwrap();
+        fs::create_dir_all(src.join("a/b")).unwrap();
+        fs::write(src.join("a/b/f.txt"), "x").unwrap();
+        fs::write(src.join(".git/HEAD"), "ref").unwrap();
+        std::os::unix::fs::symlink("a/b/f.txt", src.join("link")).unwrap();
+        let dst = tmp.path().join("dst");
+        copy_tree(&src, &dst, &[".git"]).unwrap();
+        assert_eq!(fs::read_to_string(dst.join("a/b/f.txt")).unwrap(), "x");
+        assert!(!dst.join(".git").exists());
+        assert_eq!(fs::read_link(dst.join("link")).unwrap(), Path::new("a/b/f.txt"));
+    }
+
+    #[test]
+    fn step_reports_failure_with_log_tail() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("x.log");
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo first; echo second >&2; exit 3"]);
+        let err = Step { label: "demo".into(), cmd: &mut cmd, log: &log, timeout: None }
+            .run_ok()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("demo failed (exit code 3)"), "{err}");
+        assert!(err.contains("| second"), "{err}");
+    }
+
+    #[test]
+    fn step_times_out() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("x.log");
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        let finished = Step {
+            label: "sleeper".into(),
+            cmd: &mut cmd,
+            log: &log,
+            timeout: Some(Duration::from_millis(300)),
+        }
+        .run()
+        .unwrap();
+        assert!(finished.timed_out && !finished.success());
+        assert_eq!(finished.describe(), "timed out");
+    }
+
+    #[test]
+    fn sha256_of_known_content() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("abc");
+        fs::write(&f, "abc").unwrap();
+        assert_eq!(
+            sha256_file(&f).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}
