@@ -15,16 +15,25 @@
 extern "C" {
 #endif
 
+/* Nothing of the kit is exported from _cffi_backend: the shim's functions are hidden
+   here, and the staticlib's symbols are made local at link time (--exclude-libs). */
+#if defined(__GNUC__) || defined(__clang__)
+#  define CFFI_FT_PRIVATE __attribute__((visibility("hidden")))
+#else
+#  define CFFI_FT_PRIVATE
+#endif
+
 /* Step 0, from PyInit__cffi_backend: ABI check between the backend and the staticlib,
    GIL-free declaration on free-threaded builds, and _cffi_backend.__cffi_ft__. */
-int cffi_ft_shim_backend_init(PyObject *module, const char *cffi_version);
+CFFI_FT_PRIVATE int cffi_ft_shim_backend_init(PyObject *module, const char *cffi_version);
 
 /* Step 0, for each API-mode module the backend creates: GIL-free declaration. */
-int cffi_ft_module_declare_gil_free(PyObject *module);
+CFFI_FT_PRIVATE int cffi_ft_module_declare_gil_free(PyObject *module);
 
 /* Rust side of cffi_ft_shim_backend_init (crates/cffi-ft/src/edge.rs). */
-int cffi_ft_backend_init(PyObject *module, const char *cffi_version,
-                         int c_free_threaded, unsigned int c_py_version_hex);
+CFFI_FT_PRIVATE int cffi_ft_backend_init(PyObject *module, const char *cffi_version,
+                                         int c_free_threaded,
+                                         unsigned int c_py_version_hex);
 
 #ifdef __cplusplus
 }

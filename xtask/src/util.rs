@@ -21,9 +21,13 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// `target/cffi-ft/`: everything the harness builds and reports.
+/// `target/cffi-ft/` (or `$CFFI_FT_TARGET_DIR`): everything the harness builds and
+/// reports. A separate directory lets two runs proceed side by side.
 pub fn kit_target_dir() -> PathBuf {
-    workspace_root().join("target").join("cffi-ft")
+    match std::env::var_os("CFFI_FT_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => workspace_root().join("target").join("cffi-ft"),
+    }
 }
 
 /// The per-user cache that survives `cargo clean` and fresh clones: interpreter builds,
