@@ -35,6 +35,22 @@ CFFI_FT_PRIVATE int cffi_ft_backend_init(PyObject *module, const char *cffi_vers
                                          int c_free_threaded,
                                          unsigned int c_py_version_hex);
 
+/* Step 1 (cargo feature ctype-intern): the unique ctype cache
+   (crates/cffi-ft/src/unique_cache.rs over crates/ctype-intern).
+   Keys are arrays of nwords machine words, as built by get_unique_type's callers. */
+
+/* New reference to the live ctype cached under key, or NULL (no exception set). */
+CFFI_FT_PRIVATE PyObject *cffi_ft_unique_lookup(const void *const *key, size_t nwords);
+
+/* Steals 'candidate' (a fully built, unshared ctype). Returns a new reference to the
+   canonical ctype: an equal live one (candidate released), or candidate itself after
+   storing its cache entry into *entry_slot. NULL with an exception on failure. */
+CFFI_FT_PRIVATE PyObject *cffi_ft_unique_intern(const void *const *key, size_t nwords,
+                                                PyObject *candidate, void **entry_slot);
+
+/* From the ctype's dealloc, after PyObject_ClearWeakRefs. Never raises. */
+CFFI_FT_PRIVATE void cffi_ft_unique_forget(void *entry);
+
 #ifdef __cplusplus
 }
 #endif

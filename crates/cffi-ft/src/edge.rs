@@ -125,8 +125,42 @@ pub unsafe extern "C" fn cffi_ft_backend_init(
             return -1;
         };
         // SAFETY: attached; `module` and `report` are valid; AddObjectRef does not steal.
-        unsafe { ffi::PyModule_AddObjectRef(module, c"__cffi_ft__".as_ptr(), report.0) }
+        if unsafe { ffi::PyModule_AddObjectRef(module, c"__cffi_ft__".as_ptr(), report.0) } < 0 {
+            return -1;
+        }
+        add_diagnostic_functions(module)
     })
+}
+
+/// Module functions that let tests observe the kit's state (one per enabled step).
+fn add_diagnostic_functions(module: *mut ffi::PyObject) -> c_int {
+    #[cfg(feature = "ctype-intern")]
+    {
+        /// A method table CPython may read at any time: immutable after creation.
+        struct MethodTable([ffi::PyMethodDef; 2]);
+        // SAFETY: the table is never mutated; its raw pointers are to 'static data.
+        unsafe impl Sync for MethodTable {}
+        static METHODS: MethodTable = MethodTable([
+            ffi::PyMethodDef {
+                ml_name: c"__cffi_ft_unique_cache_len__".as_ptr(),
+                ml_meth: ffi::PyMethodDefPointer {
+                    PyCFunction: crate::unique_cache::py_unique_cache_len,
+                },
+                ml_flags: ffi::METH_NOARGS,
+                ml_doc: c"Number of entries in the kit's unique ctype cache.".as_ptr(),
+            },
+            ffi::PyMethodDef::zeroed(),
+        ]);
+        let table = &METHODS;
+        // SAFETY: attached; the table is 'static and NULL-terminated. CPython takes a
+        // *mut but does not write to method tables passed to PyModule_AddFunctions.
+        return unsafe { ffi::PyModule_AddFunctions(module, table.0.as_ptr() as *mut _) };
+    }
+    #[allow(unreachable_code)]
+    {
+        let _ = module;
+        0
+    }
 }
 
 /// Called for each API-mode module that `_cffi_backend` creates (`cffi1_module.c`).

@@ -7,7 +7,11 @@ pub const KIT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Migration steps compiled into this staticlib. Step 0 (the build itself) is always
 /// present; each later step adds itself here behind its cargo feature.
-pub const ENABLED_STEPS: &[u32] = &[0];
+pub const ENABLED_STEPS: &[u32] = &[
+    0,
+    #[cfg(feature = "ctype-intern")]
+    1,
+];
 
 /// The interpreter ABI one side of the link was compiled for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -14,8 +14,13 @@
 //! * [`edge::cffi_ft_module_declare_gil_free`]: called for every API-mode module that the
 //!   backend creates (`cffi1_module.c`).
 //!
+//! ## What step 1 exports (feature `ctype-intern`)
+//! * `unique_cache::cffi_ft_unique_{lookup,intern,forget}`: the unique ctype cache,
+//!   a concurrent interning map of weak references (crate `ctype-intern`).
+//!
 //! ## Concurrency contract
-//! Step 0 holds no shared mutable state. Both entry points run on a thread that is
+//! Step 0 holds no shared mutable state; the unique cache's contract is documented in
+//! `unique_cache` and in the `ctype-intern` crate. Both entry points run on a thread that is
 //! attached to the interpreter, during module initialisation (serialised by the import
 //! machinery per module); they only create new objects and store them in the module
 //! being initialised. Nothing here takes a lock, so the seam rules R1–R7 hold trivially.
@@ -36,3 +41,7 @@ pub mod panic_guard;
 
 #[cfg(not(test))]
 pub mod edge;
+
+/// Step 1: the unique ctype cache (feature `ctype-intern`).
+#[cfg(all(feature = "ctype-intern", not(test)))]
+pub mod unique_cache;

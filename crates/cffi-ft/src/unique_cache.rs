@@ -1,0 +1,196 @@
+//! Step 1 edge: cffi's unique ctype cache on top of [`ctype_intern::InternMap`].
+//!
+//! The backend calls these from `get_unique_type`, the ctype constructors and
+//! `ctypedescr_dealloc` (patches 0008–0010), always on a thread attached to the
+//! interpreter.
+//!
+//! ## Ownership
+//! * The map owns one entry per key; an entry owns a strong reference to a **weakref
+//!   object** of the ctype (`PyWeakref_NewRef(ctype, NULL)`), never the ctype itself.
+//! * An inserted ctype owns its own clone of the entry (`Arc::into_raw` stored in its
+//!   `ct_unique_entry` field) and hands it back to [`cffi_ft_unique_forget`] from its
+//!   dealloc, after `PyObject_ClearWeakRefs`.
+//! * Hits come from `PyWeakref_GetRef`, which never returns an object whose reference
+//!   count already reached zero, so a dying ctype is never handed out (hazards A1–A3).
+//!
+//! ## Seam rules
+//! `InternMap` never runs `upgrade` or a handle drop under its shard locks, so every
+//! CPython call here (`PyWeakref_GetRef`, `PyWeakref_NewRef`, `Py_DecRef`) happens with
+//! no Rust lock held (R2), and released references are dropped after unlocking (R3).
+
+use std::ffi::c_void;
+use std::ptr::{self, NonNull};
+use std::sync::{Arc, OnceLock};
+
+use ctype_intern::{Entry, InternMap, Interned, WeakHandle};
+use pyo3_ffi as ffi;
+
+use crate::panic_guard::catch_panic;
+
+/// A strong reference to a weakref object.
+struct PyWeakRef(NonNull<ffi::PyObject>);
+
+// SAFETY: the pointer is only used through CPython calls (`PyWeakref_GetRef`,
+// `Py_DecRef`), which are made on attached threads: every path into this module comes
+// from the backend's C code running attached. The weakref object itself is thread-safe
+// on both GIL and free-threaded builds.
+unsafe impl Send for PyWeakRef {}
+// SAFETY: as above; `&PyWeakRef` only allows `upgrade`, a CPython call.
+unsafe impl Sync for PyWeakRef {}
+
+impl WeakHandle for PyWeakRef {
+    /// A new (owned) reference to the ctype.
+    type Strong = NonNull<ffi::PyObject>;
+
+    fn upgrade(&self) -> Option<NonNull<ffi::PyObject>> {
+        let mut obj = ptr::null_mut();
+        // SAFETY: attached thread; `self.0` is a live weakref object we own a reference
+        // to. Returns 1 with a new reference, 0 if the referent is dead; -1 only for a
+        // non-weakref argument, which cannot happen.
+        let rc = unsafe { ffi::PyWeakref_GetRef(self.0.as_ptr(), &mut obj) };
+        if rc == 1 {
+            NonNull::new(obj)
+        } else {
+            None
+        }
+    }
+}
+
+impl Drop for PyWeakRef {
+    fn drop(&mut self) {
+        // SAFETY: we own this reference; drops happen on attached threads, outside any
+        // shard lock (InternMap's contract).
+        unsafe { ffi::Py_DecRef(self.0.as_ptr()) };
+    }
+}
+
+type Cache = InternMap<PyWeakRef>;
+
+/// The process-wide cache. Never dropped: a static holding Python references must not
+/// run destructors at exit (R4); entries die with their ctypes instead.
+fn cache() -> &'static Cache {
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    CACHE.get_or_init(|| InternMap::new(64))
+}
+
+/// Reads a key of `nwords` machine words.
+///
+/// # Safety
+/// `key` points to `nwords` readable words.
+unsafe fn key_words<'a>(key: *const *const c_void, nwords: usize) -> &'a [usize] {
+    // SAFETY: caller contract; pointers and usize have the same size and alignment.
+    unsafe { std::slice::from_raw_parts(key.cast::<usize>(), nwords) }
+}
+
+fn set_error(message: &str) {
+    let text = std::ffi::CString::new(message.replace('\0', " ")).expect("NULs replaced");
+    // SAFETY: attached thread; valid exception type and NUL-terminated message.
+    unsafe { ffi::PyErr_SetString(ffi::PyExc_SystemError, text.as_ptr()) };
+}
+
+/// The hit path: a new reference to the live ctype interned under `key`, or NULL if
+/// there is none. Never raises and never allocates.
+///
+/// # Safety
+/// Attached thread; `key` points to `nwords` words.
+#[no_mangle]
+pub unsafe extern "C" fn cffi_ft_unique_lookup(
+    key: *const *const c_void,
+    nwords: usize,
+) -> *mut ffi::PyObject {
+    // SAFETY: caller contract.
+    let key = unsafe { key_words(key, nwords) };
+    catch_panic(|| cache().lookup(key))
+        .ok()
+        .flatten()
+        .map_or(ptr::null_mut(), NonNull::as_ptr)
+}
+
+/// Replaces the fully built ctype `candidate` (a reference the caller gives away) by
+/// the canonical one: returns a new reference to the live equal ctype if there is one
+/// (and releases `candidate`), else inserts `candidate`, stores its entry into
+/// `*entry_slot` (the candidate's `ct_unique_entry` field) and returns it.
+/// NULL with an exception on failure (`candidate` released).
+///
+/// # Safety
+/// Attached thread; `key` points to `nwords` words; `candidate` is a strong reference
+/// owned by the caller and not yet shared with other threads; `entry_slot` points into
+/// `candidate` and holds NULL.
+#[no_mangle]
+pub unsafe extern "C" fn cffi_ft_unique_intern(
+    key: *const *const c_void,
+    nwords: usize,
+    candidate: *mut ffi::PyObject,
+    entry_slot: *mut *mut c_void,
+) -> *mut ffi::PyObject {
+    // SAFETY: caller contract.
+    let key = unsafe { key_words(key, nwords) };
+    let make_weak = || {
+        // SAFETY: attached; `candidate` is alive (we hold its reference).
+        let weak = unsafe { ffi::PyWeakref_NewRef(candidate, ptr::null_mut()) };
+        NonNull::new(weak).map(PyWeakRef).ok_or(())
+    };
+    match catch_panic(|| cache().intern(key, make_weak)) {
+        Ok(Ok(Interned::Inserted(entry))) => {
+            // SAFETY: `entry_slot` points into `candidate`, which only this thread can
+            // see until we return it; its dealloc (the only other reader) cannot run
+            // while we hold the reference.
+            unsafe { *entry_slot = Arc::into_raw(entry) as *mut c_void };
+            candidate
+        }
+        Ok(Ok(Interned::Existing(canonical))) => {
+            // SAFETY: we own `candidate`'s reference; no lock is held here.
+            unsafe { ffi::Py_DecRef(candidate) };
+            canonical.as_ptr()
+        }
+        Ok(Err(())) => {
+            // PyWeakref_NewRef failed and set the exception.
+            // SAFETY: as above.
+            unsafe { ffi::Py_DecRef(candidate) };
+            ptr::null_mut()
+        }
+        Err(panic) => {
+            set_error(&panic);
+            // SAFETY: as above.
+            unsafe { ffi::Py_DecRef(candidate) };
+            ptr::null_mut()
+        }
+    }
+}
+
+/// From `ctypedescr_dealloc`, after `PyObject_ClearWeakRefs`: removes the ctype's
+/// entry if the cache still holds that very entry, and releases the ctype's clone.
+/// Never raises.
+///
+/// # Safety
+/// Attached thread; `entry` was stored by [`cffi_ft_unique_intern`] and is passed
+/// exactly once.
+#[no_mangle]
+pub unsafe extern "C" fn cffi_ft_unique_forget(entry: *mut c_void) {
+    if entry.is_null() {
+        return;
+    }
+    // SAFETY: `entry` came from `Arc::into_raw` in cffi_ft_unique_intern, once.
+    let entry: Arc<Entry<PyWeakRef>> = unsafe { Arc::from_raw(entry as *const Entry<PyWeakRef>) };
+    // A panic here can only come from a poisoned lock; nothing sensible to report
+    // from a dealloc, and unwinding into C must not happen.
+    let _ = catch_panic(move || cache().forget(entry));
+}
+
+/// Number of entries in the cache (diagnostics; backs
+/// `_cffi_backend.__cffi_ft_unique_cache_len__()`).
+pub fn entry_count() -> usize {
+    catch_panic(|| cache().len()).unwrap_or(0)
+}
+
+/// `METH_NOARGS` implementation of `__cffi_ft_unique_cache_len__`.
+///
+/// # Safety
+/// Called by CPython on an attached thread.
+pub unsafe extern "C" fn py_unique_cache_len(
+    _module: *mut ffi::PyObject,
+    _unused: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: attached; PyLong_FromSsize_t has no other precondition.
+    unsafe { ffi::PyLong_FromSsize_t(entry_count() as ffi::Py_ssize_t) }
+}
