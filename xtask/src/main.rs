@@ -4,6 +4,7 @@
 //! came back on a free-threaded build); 2 bad input or an environment problem, reported
 //! as one `error:` line.
 
+mod bench;
 mod python;
 mod report;
 mod series;
@@ -51,6 +52,9 @@ enum Cmd {
     /// What CI runs (the README's test command): cargo test --workspace, then the latest
     /// step on both interpreters.
     Ci(CiArgs),
+    /// Micro-benchmarks: the kit at each step vs vanilla cffi 1.17.1 and upstream cffi 2.1.1,
+    /// on 3.13 and 3.13t, interleaved in one run (ns/op and 2-thread scaling).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -174,6 +178,7 @@ fn run(cmd: Cmd) -> Result<bool> {
             Ok(true)
         }
         Cmd::Ci(args) => ci(args),
+        Cmd::Bench(args) => bench::run(args),
     }
 }
 

@@ -38,6 +38,18 @@ fn pinned_sha(version: &str) -> Result<&'static str> {
 pub fn fetch_sdist(version: &str) -> Result<Upstream> {
     let sha = pinned_sha(version)?;
     Series::load(version)?;
+    let tree = fetch_pinned_sdist(version, sha, &util::kit_target_dir().join("upstream"))?;
+    Ok(Upstream {
+        version: version.to_string(),
+        tree,
+        origin: format!("sdist cffi-{version}.tar.gz (sha256 {sha})"),
+    })
+}
+
+/// Any pinned cffi sdist (also versions without a series, e.g. for benchmarks):
+/// `pip download`ed into the cache, refused unless its sha256 is `sha`, and unpacked
+/// into `unpack_root/cffi-<version>/` (reused while its marker matches).
+pub fn fetch_pinned_sdist(version: &str, sha: &str, unpack_root: &Path) -> Result<PathBuf> {
     let downloads = util::cache_dir()?.join("downloads");
     fs::create_dir_all(&downloads)?;
     let file_name = format!("cffi-{version}.tar.gz");
@@ -50,7 +62,8 @@ pub fn fetch_sdist(version: &str) -> Result<Upstream> {
         Step {
             label: format!("pip download cffi=={version}"),
             cmd: Command::new(download_python()?)
-                .args(["-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-d"])
+                .args(["-m", "pip", "download", "--disable-pip-version-check", "--no-deps"])
+                .args(["--no-binary", ":all:", "-d"])
                 .arg(scratch.path())
                 .arg(format!("cffi=={version}")),
             log: &log,
@@ -67,11 +80,10 @@ pub fn fetch_sdist(version: &str) -> Result<Upstream> {
         }
         fs::rename(&got, &archive)?;
     }
-    let unpack_root = util::kit_target_dir().join("upstream");
     let tree = unpack_root.join(format!("cffi-{version}"));
     let marker = tree.join(".cffi-ft-sdist-sha256");
     if fs::read_to_string(&marker).ok().as_deref() != Some(sha) {
-        let scratch = util::ScratchDir::new_in(&unpack_root, "unpack")?;
+        let scratch = util::ScratchDir::new_in(unpack_root, "unpack")?;
         let out = Command::new("tar")
             .arg("xzf")
             .arg(&archive)
@@ -86,11 +98,7 @@ pub fn fetch_sdist(version: &str) -> Result<Upstream> {
         util::remove_dir_if_exists(&tree)?;
         fs::rename(&unpacked, &tree)?;
     }
-    Ok(Upstream {
-        version: version.to_string(),
-        tree,
-        origin: format!("sdist {file_name} (sha256 {sha})"),
-    })
+    Ok(tree)
 }
 
 /// A Python with pip to run `pip download` (any version will do).
