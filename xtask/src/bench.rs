@@ -240,63 +240,10 @@ fn bench_script() -> PathBuf {
     util::workspace_root().join("compat-tests").join("bench").join("bench_ops.py")
 }
 
-/// The newest modification time of any file under `paths` (build outputs skipped).
-fn newest_mtime(paths: &[PathBuf]) -> SystemTime {
-    fn walk(p: &Path, newest: &mut SystemTime) {
-        let skip = ["target", ".git", "__pycache__"];
-        if p.file_name().is_some_and(|n| skip.iter().any(|s| n == *s)) {
-            return;
-        }
-        let Ok(meta) = fs::symlink_metadata(p) else { return };
-        if let Ok(m) = meta.modified() {
-            *newest = (*newest).max(m);
-        }
-        if meta.is_dir() {
-            if let Ok(rd) = fs::read_dir(p) {
-                for e in rd.flatten() {
-                    walk(&e.path(), newest);
-                }
-            }
-        }
-    }
-    let mut newest = SystemTime::UNIX_EPOCH;
-    for p in paths {
-        walk(p, &mut newest);
-    }
-    newest
-}
-
-/// The kit's cell for (step, interpreter): reused when its installed backend is newer
-/// than every input (series, shim, crates, sdist) and reports the step; built otherwise.
-fn ensure_kit(plan: &Plan, spec: &BackendSpec, step: u32, interp: &Interpreter) -> Result<(PathBuf, &'static str)> {
-    let root = util::workspace_root();
-    let inputs = [
-        root.join("shim-c"),
-        root.join("crates"),
-        root.join("Cargo.toml"),
-        root.join("Cargo.lock"),
-        root.join("compat-tests").join("requirements.txt"),
-        plan.upstream.tree.join(".cffi-ft-sdist-sha256"),
-    ];
-    let python = test_upstream::cell_dir(step, interp).join("venv").join("bin").join("python");
-    if python.exists() {
-        if let Ok(p) = probe(&python, spec) {
-            let installed = fs::metadata(&p.file).and_then(|m| m.modified()).ok();
-            let steps_ok = p
-                .kit
-                .as_ref()
-                .and_then(|k| k.get("steps"))
-                .and_then(|s| s.as_array())
-                .and_then(|a| a.last())
-                .and_then(|v| v.as_u64())
-                == Some(u64::from(step));
-            if p.version == KIT_CFFI && steps_ok && installed.is_some_and(|t| t > newest_mtime(&inputs)) {
-                return Ok((python, "reused"));
-            }
-        }
-    }
-    let built = test_upstream::build_cell(plan, step, interp)?;
-    Ok((built.python, "built"))
+/// The kit's cell for (step, interpreter), shared with test-upstream and stress.
+fn ensure_kit(plan: &Plan, step: u32, interp: &Interpreter) -> Result<(PathBuf, &'static str)> {
+    let (built, reused) = test_upstream::reuse_or_build_cell(plan, step, interp)?;
+    Ok((built.python, if reused { "reused" } else { "built" }))
 }
 
 /// cffi 2.x refuses free-threaded 3.13 in setup.py; drop that `if` block (forced build).
@@ -445,7 +392,7 @@ enum Source<'a> {
 
 fn prepare_backend(spec: &BackendSpec, source: &Source) -> Result<Backend> {
     let (python, build) = match source {
-        Source::Kit(plan, step, interp) => ensure_kit(plan, spec, *step, interp)?,
+        Source::Kit(plan, step, interp) => ensure_kit(plan, *step, interp)?,
         Source::Pip(interp, tree, sha) => ensure_pip_backend(spec, interp, tree, sha)?,
     };
     let probe = probe(&python, spec).with_context(|| format!("{}: the backend does not import", spec.label()))?;
@@ -1525,23 +1472,6 @@ not json
         assert!(!out.contains("raise") && out.contains("forced, unsupported upstream"), "{out}");
         assert!(out.contains("FREE_THREADED_BUILD = True\n\n# cffi-ft") && out.contains("\n\ndef f():\n    pass\n"), "{out}");
         assert!(remove_ft_refusal("print(1)\n").is_err());
-    }
-
-    #[test]
-    fn newest_mtime_skips_build_outputs() {
-        let tmp = tempfile::tempdir().unwrap();
-        let src = tmp.path().join("crate");
-        fs::create_dir_all(src.join("src")).unwrap();
-        fs::write(src.join("src/lib.rs"), "").unwrap();
-        let before = newest_mtime(std::slice::from_ref(&src));
-        std::thread::sleep(Duration::from_millis(20));
-        fs::create_dir_all(src.join("target/debug")).unwrap();
-        fs::write(src.join("target/debug/out"), "x").unwrap();
-        assert_eq!(newest_mtime(std::slice::from_ref(&src)), before.max(fs::metadata(&src).unwrap().modified().unwrap()));
-        std::thread::sleep(Duration::from_millis(20));
-        fs::write(src.join("src/lib.rs"), "// changed").unwrap();
-        assert!(newest_mtime(std::slice::from_ref(&src)) > before);
-        assert_eq!(newest_mtime(&[tmp.path().join("missing")]), SystemTime::UNIX_EPOCH);
     }
 
     #[test]

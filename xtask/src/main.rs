@@ -8,6 +8,7 @@ mod bench;
 mod python;
 mod report;
 mod series;
+mod stress;
 mod test_upstream;
 mod upstream;
 mod util;
@@ -47,10 +48,15 @@ enum Cmd {
     FetchUpstream(FetchArgs),
     /// Build each step for each interpreter and run cffi's own suite against it.
     TestUpstream(TestArgs),
+    /// Run the threaded stress suite (compat-tests/stress) K times per step and
+    /// interpreter, judged against shim-c/patches/<cffi>/stress-expectations.
+    Stress(StressCmd),
+    /// Model-check the concurrent cores with loom (RUSTFLAGS=--cfg loom, own target dir).
+    Loom,
     /// List the patch series: each patch with its step, kind, cargo feature and subject.
     Series(SeriesArgs),
-    /// What CI runs (the README's test command): cargo test --workspace, then the latest
-    /// step on both interpreters.
+    /// What CI runs (the README's test command): cargo test --workspace, the loom models,
+    /// then the latest step on both interpreters (cffi's suite, build checks, short stress).
     Ci(CiArgs),
     /// Micro-benchmarks: the kit at each step vs vanilla cffi 1.17.1 and upstream cffi 2.1.1,
     /// on 3.13 and 3.13t, interleaved in one run (ns/op and 2-thread scaling).
@@ -123,6 +129,23 @@ struct TestArgs {
 }
 
 #[derive(Args)]
+struct StressCmd {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Steps: comma-separated numbers, `latest` or `all` (default: all steps).
+    #[arg(long, value_name = "LIST")]
+    steps: Option<String>,
+    /// Interpreters to use instead of the default builds (repeatable).
+    #[arg(long = "python", value_name = "PATH")]
+    pythons: Vec<PathBuf>,
+    /// Interpreters run at the same time (default: 1; scenarios use many threads).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    jobs: usize,
+    #[command(flatten)]
+    stress: stress::StressArgs,
+}
+
+#[derive(Args)]
 struct SeriesArgs {
     /// cffi version (must have a patch series in shim-c/patches/).
     #[arg(long, value_name = "VERSION", default_value = DEFAULT_CFFI)]
@@ -177,6 +200,21 @@ fn run(cmd: Cmd) -> Result<bool> {
             }
             Ok(true)
         }
+        Cmd::Stress(cmd) => {
+            let test_args = TestArgs {
+                source: cmd.source,
+                steps: cmd.steps,
+                pythons: cmd.pythons,
+                suites: "upstream".into(),
+                parallel_threads: 1,
+                jobs: Some(cmd.jobs),
+                suite_timeout_min: 60,
+                pytest_args: Vec::new(),
+            };
+            let plan = plan_from(&test_args)?;
+            stress::run(&plan, &cmd.stress)
+        }
+        Cmd::Loom => loom(),
         Cmd::Ci(args) => ci(args),
         Cmd::Bench(args) => bench::run(args),
     }
@@ -241,6 +279,27 @@ fn test_upstream(args: TestArgs) -> Result<bool> {
     test_upstream::run(&plan)
 }
 
+/// Crates whose concurrent core has loom models (tests/loom.rs).
+const LOOM_CRATES: &[&str] = &["ctype-intern"];
+
+fn loom() -> Result<bool> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    for krate in LOOM_CRATES {
+        util::status(format!("loom: model-checking {krate}"));
+        let ok = Command::new(&cargo)
+            .current_dir(util::workspace_root())
+            .args(["test", "--release", "--package", krate, "--test", "loom", "--target-dir"])
+            .arg(util::workspace_root().join("target").join("loom"))
+            .env("RUSTFLAGS", "--cfg loom")
+            .status()?
+            .success();
+        if !ok {
+            bail!("loom models of {krate} failed");
+        }
+    }
+    Ok(true)
+}
+
 fn ci(args: CiArgs) -> Result<bool> {
     util::status("ci: cargo test --workspace");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -252,6 +311,7 @@ fn ci(args: CiArgs) -> Result<bool> {
     if !ok {
         bail!("cargo test --workspace failed");
     }
+    loom()?;
     util::status("ci: test-upstream, latest step, both interpreters");
     let test_args = TestArgs {
         source: SourceArgs { cffi_version: DEFAULT_CFFI.into(), checkout: None },
@@ -263,5 +323,10 @@ fn ci(args: CiArgs) -> Result<bool> {
         suite_timeout_min: 30,
         pytest_args: Vec::new(),
     };
-    test_upstream(test_args)
+    let plan = plan_from(&test_args)?;
+    let upstream_ok = test_upstream::run(&plan)?;
+    util::status("ci: stress suite, short (scale 0.1, one run), latest step, both interpreters");
+    let short = stress::StressArgs { threads: 8, rounds: None, scale: 0.1, repeat: 1, timeout: 120, only: None };
+    let stress_ok = stress::run(&plan, &short)?;
+    Ok(upstream_ok && stress_ok)
 }

@@ -41,6 +41,9 @@ pub struct Cell {
     pub duration_s: u64,
     pub log: String,
     pub run_at: u64,
+    /// Suite `stress` only: per-scenario tallies over the K runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scenarios: Option<std::collections::BTreeMap<String, crate::stress::ScenarioTally>>,
 }
 
 impl Cell {
@@ -54,6 +57,10 @@ impl Cell {
 
     /// A cell is bad if anything failed, or the GIL came back on a free-threaded build.
     pub fn is_bad(&self) -> bool {
+        if self.scenarios.is_some() {
+            // stress cells are judged against the series' expectations (stress.rs)
+            return self.outcome != "ok";
+        }
         self.outcome != "ok"
             || self.failed > 0
             || self.errors > 0
@@ -251,6 +258,7 @@ mod tests {
             duration_s: 1,
             log: "x.log".into(),
             run_at: 0,
+            scenarios: None,
         }
     }
 

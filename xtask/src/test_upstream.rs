@@ -35,7 +35,8 @@ pub struct Plan {
 pub enum Suite {
     /// cffi's own tests: `src/c/test_c.py` and `testing/`.
     Upstream,
-    /// `compat-tests/test_build.py`: the step-0 promises (GIL stays off, kit linked).
+    /// The kit's own checks: `compat-tests/test_build.py` (step 0: GIL stays off, kit
+    /// linked) and `test_unique_cache.py` (step 1: entries die with ctypes, identity).
     Build,
 }
 
@@ -140,7 +141,44 @@ pub fn build_cell(plan: &Plan, step: u32, interp: &Interpreter) -> Result<BuiltC
         util::capture(Command::new(&python).args(["-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]))?
             .trim(),
     );
+    fs::write(dir.join(CELL_STAMP), &plan.upstream.origin)?;
     Ok(BuiltCell { dir, tree, python, site_packages })
+}
+
+/// Written into a cell once its backend is installed; see [`reuse_or_build_cell`].
+const CELL_STAMP: &str = "cell-built.json";
+
+/// Files whose change makes a built cell stale.
+fn cell_inputs(plan: &Plan) -> Vec<PathBuf> {
+    let root = util::workspace_root();
+    vec![
+        root.join("shim-c"),
+        root.join("crates"),
+        root.join("Cargo.toml"),
+        root.join("Cargo.lock"),
+        root.join("compat-tests").join("requirements.txt"),
+        plan.upstream.tree.clone(),
+    ]
+}
+
+/// The cell for (step, interpreter), reused when it was built from the same upstream
+/// source after the last change to any input (series, shim, crates, requirements);
+/// built from scratch otherwise. Returns the cell and whether it was reused.
+pub fn reuse_or_build_cell(plan: &Plan, step: u32, interp: &Interpreter) -> Result<(BuiltCell, bool)> {
+    let dir = cell_dir(step, interp);
+    let stamp = dir.join(CELL_STAMP);
+    let fresh = fs::metadata(&stamp)
+        .and_then(|m| m.modified())
+        .is_ok_and(|built| built > util::newest_mtime(&cell_inputs(plan)));
+    let same_source = fs::read_to_string(&stamp).ok().as_deref() == Some(plan.upstream.origin.as_str());
+    let python = dir.join("venv").join("bin").join("python");
+    if fresh && same_source && python.exists() {
+        if let Ok(site) = util::capture(Command::new(&python).args(["-c", "import sysconfig; print(sysconfig.get_path('purelib'))"])) {
+            let built = BuiltCell { tree: dir.join("cffi"), python, site_packages: PathBuf::from(site.trim()), dir };
+            return Ok((built, true));
+        }
+    }
+    Ok((build_cell(plan, step, interp)?, false))
 }
 
 /// Runs one pytest suite in a built cell and turns the outcome into a cell.
@@ -164,6 +202,7 @@ pub fn run_suite(plan: &Plan, step: u32, interp: &Interpreter, built: &BuiltCell
         Suite::Build => {
             let tests = util::workspace_root().join("compat-tests");
             cmd.arg(tests.join("test_build.py"))
+                .arg(tests.join("test_unique_cache.py"))
                 .arg(format!("--rootdir={}", tests.display()))
                 .current_dir(&tmp);
         }
@@ -225,6 +264,7 @@ pub fn run_suite(plan: &Plan, step: u32, interp: &Interpreter, built: &BuiltCell
         duration_s: started.elapsed().as_secs(),
         log: log.display().to_string(),
         run_at: util::unix_now(),
+        scenarios: None,
     })
 }
 
@@ -261,6 +301,7 @@ fn failed_build_cells(plan: &Plan, step: u32, interp: &Interpreter, err: &anyhow
             duration_s: 0,
             log: cell_dir(step, interp).join("build.log").display().to_string(),
             run_at: util::unix_now(),
+            scenarios: None,
         })
         .collect()
 }

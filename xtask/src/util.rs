@@ -319,6 +319,33 @@ pub fn is_root() -> bool {
     capture(Command::new("id").arg("-u")).map(|s| s.trim() == "0").unwrap_or(false)
 }
 
+/// The newest modification time of any file under `paths` (build outputs and caches
+/// skipped): a cheap fingerprint of a build's inputs.
+pub fn newest_mtime(paths: &[PathBuf]) -> std::time::SystemTime {
+    fn walk(p: &Path, newest: &mut std::time::SystemTime) {
+        let skip = ["target", ".git", "__pycache__"];
+        if p.file_name().is_some_and(|n| skip.iter().any(|s| n == *s)) {
+            return;
+        }
+        let Ok(meta) = fs::symlink_metadata(p) else { return };
+        if let Ok(m) = meta.modified() {
+            *newest = (*newest).max(m);
+        }
+        if meta.is_dir() {
+            if let Ok(rd) = fs::read_dir(p) {
+                for e in rd.flatten() {
+                    walk(&e.path(), newest);
+                }
+            }
+        }
+    }
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    for p in paths {
+        walk(p, &mut newest);
+    }
+    newest
+}
+
 /// Seconds since the Unix epoch, for report timestamps.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -388,5 +415,22 @@ mod tests {
             sha256_file(&f).unwrap(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn newest_mtime_skips_build_outputs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("crate");
+        fs::create_dir_all(src.join("src")).unwrap();
+        fs::write(src.join("src/lib.rs"), "").unwrap();
+        let before = newest_mtime(std::slice::from_ref(&src));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::create_dir_all(src.join("target/debug")).unwrap();
+        fs::write(src.join("target/debug/out"), "x").unwrap();
+        assert_eq!(newest_mtime(std::slice::from_ref(&src)), before.max(fs::metadata(&src).unwrap().modified().unwrap()));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::write(src.join("src/lib.rs"), "// changed").unwrap();
+        assert!(newest_mtime(std::slice::from_ref(&src)) > before);
+        assert_eq!(newest_mtime(&[tmp.path().join("missing")]), std::time::SystemTime::UNIX_EPOCH);
     }
 }
