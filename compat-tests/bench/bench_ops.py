@@ -156,9 +156,9 @@ def op_new_pointer_type(env, k):
 
     t = B.new_primitive_type(PRIMS[k % len(PRIMS)])
     npt = B.new_pointer_type
-    npt(t)
+    existing = npt(t)   # kept alive: every call below is a unique-cache hit
 
-    def step(n):
+    def step(n, existing=existing):
         for _ in repeat(None, n):
             npt(t)
     return step
@@ -170,9 +170,23 @@ def op_new_array_type(env, k):
     p = B.new_pointer_type(B.new_primitive_type(PRIMS[k % len(PRIMS)]))
     length = 10 + k
     nat = B.new_array_type
-    nat(p, length)
+    existing = nat(p, length)   # kept alive: every call below is a hit
+
+    def step(n, existing=existing):
+        for _ in repeat(None, n):
+            nat(p, length)
+    return step
+
+
+def op_new_array_type_churn(env, k):
+    import _cffi_backend as B
+
+    p = B.new_pointer_type(B.new_primitive_type(PRIMS[k % len(PRIMS)]))
+    length = 1000 + k
+    nat = B.new_array_type
 
     def step(n):
+        # the type dies after each call: every call is a miss, an insert and a removal
         for _ in repeat(None, n):
             nat(p, length)
     return step
@@ -184,9 +198,9 @@ def op_new_function_type(env, k):
     args = (B.new_primitive_type("int"), B.new_primitive_type("long"))
     res = B.new_primitive_type(PRIMS[k % len(PRIMS)])
     nft = B.new_function_type
-    nft(args, res)
+    existing = nft(args, res)   # kept alive: every call below is a hit
 
-    def step(n):
+    def step(n, existing=existing):
         for _ in repeat(None, n):
             nft(args, res)
     return step
@@ -308,6 +322,7 @@ OPS = {
     "new_pointer_type": (op_new_pointer_type, 1, True, "_cffi_backend.new_pointer_type(t), the type exists (unique cache)"),
     "new_array_type": (op_new_array_type, 1, True, "_cffi_backend.new_array_type(p, n), the type exists (unique cache)"),
     "new_function_type": (op_new_function_type, 1, True, "_cffi_backend.new_function_type((a, b), r), the type exists"),
+    "new_array_type_churn": (op_new_array_type_churn, 1, True, "_cffi_backend.new_array_type(p, n) whose result dies at once (unique-cache miss + removal)"),
     "new_array": (op_new_array, 1, True, 'ffi.new("int[16]")'),
     "new_struct": (op_new_struct, 1, True, 'ffi.new("struct point *")'),
     "cast": (op_cast, 1, True, 'ffi.cast("long", 12345)'),

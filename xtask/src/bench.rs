@@ -44,6 +44,7 @@ pub const OPS: &[(&str, &str)] = &[
     ("new_pointer_type", "_cffi_backend.new_pointer_type(t), equal type exists (unique cache)"),
     ("new_array_type", "_cffi_backend.new_array_type(p, n), equal type exists (unique cache)"),
     ("new_function_type", "_cffi_backend.new_function_type((a, b), r), equal type exists"),
+    ("new_array_type_churn", "_cffi_backend.new_array_type(p, n) whose result dies at once (miss + removal)"),
     ("new_array", "ffi.new(\"int[16]\")"),
     ("new_struct", "ffi.new(\"struct point *\")"),
     ("cast", "ffi.cast(\"long\", 12345)"),

@@ -5,13 +5,20 @@
 //! interpreter.
 //!
 //! ## Ownership
-//! * The map owns one entry per key; an entry owns a strong reference to a **weakref
-//!   object** of the ctype (`PyWeakref_NewRef(ctype, NULL)`), never the ctype itself.
-//! * An inserted ctype owns its own clone of the entry (`Arc::into_raw` stored in its
-//!   `ct_unique_entry` field) and hands it back to [`cffi_ft_unique_forget`] from its
-//!   dealloc, after `PyObject_ClearWeakRefs`.
-//! * Hits come from `PyWeakref_GetRef`, which never returns an object whose reference
-//!   count already reached zero, so a dying ctype is never handed out (hazards A1–A3).
+//! * The map owns one entry per key, never a strong reference to the ctype. An inserted
+//!   ctype owns its own clone of the entry (`Arc::into_raw` stored in its
+//!   `ct_unique_entry` field) and hands it back to [`cffi_ft_unique_forget`] as the
+//!   first thing its dealloc does.
+//! * **Free-threaded builds**: the entry's handle is a strong reference to a **weakref
+//!   object** of the ctype (`PyWeakref_NewRef(ctype, NULL)`). Hits come from
+//!   `PyWeakref_GetRef`, which never returns an object whose reference count already
+//!   reached zero, so a dying ctype is never handed out (hazards A1–A3); 3.13 has no
+//!   other public try-incref.
+//! * **GIL builds**: the handle is a borrowed pointer and a hit is `Py_IncRef`. This is
+//!   sound because the GIL is held from the final decref through the removal of the
+//!   entry at the top of the dealloc (nothing in between can release it), so an entry
+//!   that a lookup finds always points to a live ctype. It saves the weakref's
+//!   allocation on every miss, so GIL builds stay as fast as before.
 //!
 //! ## Seam rules
 //! `InternMap` never runs `upgrade` or a handle drop under its shard locks, so every
@@ -27,7 +34,8 @@ use pyo3_ffi as ffi;
 
 use crate::panic_guard::catch_panic;
 
-/// A strong reference to a weakref object.
+/// Free-threaded builds: a strong reference to a weakref object of the ctype.
+/// GIL builds: a borrowed pointer to the ctype (see the module docs).
 struct PyWeakRef(NonNull<ffi::PyObject>);
 
 // SAFETY: the pointer is only used through CPython calls (`PyWeakref_GetRef`,
@@ -42,6 +50,16 @@ impl WeakHandle for PyWeakRef {
     /// A new (owned) reference to the ctype.
     type Strong = NonNull<ffi::PyObject>;
 
+    #[cfg(not(Py_GIL_DISABLED))]
+    fn upgrade(&self) -> Option<NonNull<ffi::PyObject>> {
+        // SAFETY: GIL builds only, GIL held by the caller: an entry found in the map
+        // points to a live ctype (its dealloc removes the entry before anything can
+        // release the GIL), so taking a new reference is sound.
+        unsafe { ffi::Py_IncRef(self.0.as_ptr()) };
+        Some(self.0)
+    }
+
+    #[cfg(Py_GIL_DISABLED)]
     fn upgrade(&self) -> Option<NonNull<ffi::PyObject>> {
         let mut obj = ptr::null_mut();
         // SAFETY: attached thread; `self.0` is a live weakref object we own a reference
@@ -56,12 +74,26 @@ impl WeakHandle for PyWeakRef {
     }
 }
 
+#[cfg(Py_GIL_DISABLED)]
 impl Drop for PyWeakRef {
     fn drop(&mut self) {
         // SAFETY: we own this reference; drops happen on attached threads, outside any
         // shard lock (InternMap's contract).
         unsafe { ffi::Py_DecRef(self.0.as_ptr()) };
     }
+}
+
+/// Creates the entry's handle for `candidate` (see [`PyWeakRef`]).
+///
+/// # Safety
+/// Attached thread; `candidate` is alive.
+unsafe fn make_handle(candidate: *mut ffi::PyObject) -> Result<PyWeakRef, ()> {
+    #[cfg(Py_GIL_DISABLED)]
+    // SAFETY: caller contract. NULL with an exception set on failure.
+    let handle = unsafe { ffi::PyWeakref_NewRef(candidate, ptr::null_mut()) };
+    #[cfg(not(Py_GIL_DISABLED))]
+    let handle = candidate; // borrowed, see the module docs
+    NonNull::new(handle).map(PyWeakRef).ok_or(())
 }
 
 type Cache = InternMap<PyWeakRef>;
@@ -125,12 +157,11 @@ pub unsafe extern "C" fn cffi_ft_unique_intern(
 ) -> *mut ffi::PyObject {
     // SAFETY: caller contract.
     let key = unsafe { key_words(key, nwords) };
-    let make_weak = || {
-        // SAFETY: attached; `candidate` is alive (we hold its reference).
-        let weak = unsafe { ffi::PyWeakref_NewRef(candidate, ptr::null_mut()) };
-        NonNull::new(weak).map(PyWeakRef).ok_or(())
-    };
-    match catch_panic(|| cache().intern(key, make_weak)) {
+    // SAFETY: attached; `candidate` is alive (we hold its reference).
+    let make_weak = || unsafe { make_handle(candidate) };
+    // The backend's constructors call cffi_ft_unique_lookup() first, so start with the
+    // insert loop (correct even if the caller did not look up: the loop re-checks).
+    match catch_panic(|| cache().intern_after_miss(key, make_weak)) {
         Ok(Ok(Interned::Inserted(entry))) => {
             // SAFETY: `entry_slot` points into `candidate`, which only this thread can
             // see until we return it; its dealloc (the only other reader) cannot run
@@ -144,7 +175,7 @@ pub unsafe extern "C" fn cffi_ft_unique_intern(
             canonical.as_ptr()
         }
         Ok(Err(())) => {
-            // PyWeakref_NewRef failed and set the exception.
+            // PyWeakref_NewRef failed and set the exception (free-threaded builds only).
             // SAFETY: as above.
             unsafe { ffi::Py_DecRef(candidate) };
             ptr::null_mut()
@@ -158,9 +189,9 @@ pub unsafe extern "C" fn cffi_ft_unique_intern(
     }
 }
 
-/// From `ctypedescr_dealloc`, after `PyObject_ClearWeakRefs`: removes the ctype's
-/// entry if the cache still holds that very entry, and releases the ctype's clone.
-/// Never raises.
+/// First thing in `ctypedescr_dealloc` (before `PyObject_ClearWeakRefs`, which may run
+/// Python code): removes the ctype's entry if the cache still holds that very entry,
+/// and releases the ctype's clone. Never raises.
 ///
 /// # Safety
 /// Attached thread; `entry` was stored by [`cffi_ft_unique_intern`] and is passed

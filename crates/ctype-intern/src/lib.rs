@@ -44,9 +44,9 @@
 //! `tests/loom.rs` explores the interleavings of get-or-insert races, insert racing
 //! with the death of the previous value, and removal racing with re-insertion.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault};
 
+use hashbrown::HashTable;
 use rustc_hash::FxHasher;
 
 #[cfg(loom)]
@@ -67,15 +67,44 @@ pub trait WeakHandle {
 
 type Hasher = BuildHasherDefault<FxHasher>;
 
-/// One interned key and the weak handle of its canonical value.
+/// Keys of up to this many words are stored inline in their entry (pointer, array and
+/// short function types); longer ones on the heap.
+const INLINE_WORDS: usize = 4;
+
+enum Key {
+    Inline(u8, [usize; INLINE_WORDS]),
+    Heap(Box<[usize]>),
+}
+
+impl Key {
+    fn new(words: &[usize]) -> Key {
+        if words.len() <= INLINE_WORDS {
+            let mut inline = [0; INLINE_WORDS];
+            inline[..words.len()].copy_from_slice(words);
+            Key::Inline(words.len() as u8, inline)
+        } else {
+            Key::Heap(words.into())
+        }
+    }
+
+    fn words(&self) -> &[usize] {
+        match self {
+            Key::Inline(len, words) => &words[..usize::from(*len)],
+            Key::Heap(words) => words,
+        }
+    }
+}
+
+/// One interned key and the weak handle of its canonical value: one allocation (the
+/// `Arc`) per entry, shared by the map and the value that owns the entry.
 pub struct Entry<W> {
-    key: Box<[usize]>,
+    key: Key,
     weak: W,
 }
 
 impl<W> Entry<W> {
     pub fn key(&self) -> &[usize] {
-        &self.key
+        self.key.words()
     }
 
     pub fn weak(&self) -> &W {
@@ -94,7 +123,14 @@ pub enum Interned<S, W> {
 }
 
 struct Shard<W> {
-    map: RwLock<HashMap<Box<[usize]>, Arc<Entry<W>>, Hasher>>,
+    /// Entries hashed by their key (the hash is recomputed from `Entry::key`).
+    map: RwLock<HashTable<Arc<Entry<W>>>>,
+}
+
+impl<W> Shard<W> {
+    fn find<'a>(table: &'a HashTable<Arc<Entry<W>>>, hash: u64, key: &[usize]) -> Option<&'a Arc<Entry<W>>> {
+        table.find(hash, |e| e.key() == key)
+    }
 }
 
 /// The interning map. See the crate documentation for the protocol.
@@ -107,27 +143,30 @@ impl<W: WeakHandle> InternMap<W> {
     /// A map with `shards` shards (rounded up to a power of two, at least 1).
     pub fn new(shards: usize) -> Self {
         let n = shards.max(1).next_power_of_two();
-        let shards = (0..n)
-            .map(|_| Shard { map: RwLock::new(HashMap::with_hasher(Hasher::default())) })
-            .collect();
+        let shards = (0..n).map(|_| Shard { map: RwLock::new(HashTable::new()) }).collect();
         InternMap { shards, hasher: Hasher::default() }
     }
 
-    fn shard(&self, key: &[usize]) -> &Shard<W> {
-        let hash = self.hasher.hash_one(key);
-        // high bits pick the shard; the map inside uses the whole hash
+    fn hash(&self, key: &[usize]) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn shard(&self, hash: u64) -> &Shard<W> {
+        // high bits pick the shard; the table inside uses the whole hash
         let index = (hash >> 32) as usize & (self.shards.len() - 1);
         &self.shards[index]
     }
 
     /// The entry currently stored for `key`, cloned under the read lock.
-    fn current(shard: &Shard<W>, key: &[usize]) -> Option<Arc<Entry<W>>> {
-        shard.map.read().expect("shard lock poisoned").get(key).cloned()
+    fn current(shard: &Shard<W>, hash: u64, key: &[usize]) -> Option<Arc<Entry<W>>> {
+        let table = shard.map.read().expect("shard lock poisoned");
+        Shard::find(&table, hash, key).cloned()
     }
 
     /// The hit path: a strong reference to the live value interned under `key`.
     pub fn lookup(&self, key: &[usize]) -> Option<W::Strong> {
-        let entry = Self::current(self.shard(key), key)?;
+        let hash = self.hash(key);
+        let entry = Self::current(self.shard(hash), hash, key)?;
         // lock released: upgrading may call into the runtime
         entry.weak.upgrade()
     }
@@ -139,15 +178,39 @@ impl<W: WeakHandle> InternMap<W> {
         key: &[usize],
         make_weak: impl FnOnce() -> Result<W, E>,
     ) -> Result<Interned<W::Strong, W>, E> {
-        let shard = self.shard(key);
-        let mut observed = Self::current(shard, key);
+        let hash = self.hash(key);
+        let observed = Self::current(self.shard(hash), hash, key);
         if let Some(live) = observed.as_ref().and_then(|e| e.weak.upgrade()) {
             return Ok(Interned::Existing(live));
         }
-        let candidate = Arc::new(Entry { key: key.into(), weak: make_weak()? });
+        self.insert_or_adopt(hash, key, observed, make_weak)
+    }
+
+    /// [`intern`](Self::intern) for a caller that has just missed with
+    /// [`lookup`](Self::lookup): skips the initial read. Equally correct whatever
+    /// happened since the miss (the insert loop re-checks the slot under the lock).
+    pub fn intern_after_miss<E>(
+        &self,
+        key: &[usize],
+        make_weak: impl FnOnce() -> Result<W, E>,
+    ) -> Result<Interned<W::Strong, W>, E> {
+        self.insert_or_adopt(self.hash(key), key, None, make_weak)
+    }
+
+    /// The insert loop: `observed` is what the caller last saw in the slot (absent or
+    /// dead). The candidate goes in only if the slot still holds exactly that.
+    fn insert_or_adopt<E>(
+        &self,
+        hash: u64,
+        key: &[usize],
+        mut observed: Option<Arc<Entry<W>>>,
+        make_weak: impl FnOnce() -> Result<W, E>,
+    ) -> Result<Interned<W::Strong, W>, E> {
+        let shard = self.shard(hash);
+        let candidate = Arc::new(Entry { key: Key::new(key), weak: make_weak()? });
         loop {
             let mut map = shard.map.write().expect("shard lock poisoned");
-            let current = map.get(key).cloned();
+            let current = Shard::find(&map, hash, key).cloned();
             let unchanged = match (&current, &observed) {
                 (None, None) => true,
                 (Some(c), Some(o)) => Arc::ptr_eq(c, o),
@@ -155,7 +218,13 @@ impl<W: WeakHandle> InternMap<W> {
             };
             if unchanged {
                 // The slot still holds what we saw absent or dead: the candidate wins.
-                let replaced = map.insert(key.into(), candidate.clone());
+                let replaced = match map.find_entry(hash, |e| e.key() == key) {
+                    Ok(occupied) => Some(std::mem::replace(occupied.into_mut(), candidate.clone())),
+                    Err(_absent) => {
+                        map.insert_unique(hash, candidate.clone(), |e| self.hash(e.key()));
+                        None
+                    }
+                };
                 drop(map);
                 // Entries are released only now, after unlocking.
                 drop(replaced);
@@ -176,12 +245,14 @@ impl<W: WeakHandle> InternMap<W> {
     /// Removes `entry` from the map if the map still holds exactly this entry, then
     /// releases the caller's reference to it. Call it when the value has died.
     pub fn forget(&self, entry: Arc<Entry<W>>) {
-        let shard = self.shard(&entry.key);
+        let hash = self.hash(entry.key());
+        let shard = self.shard(hash);
         let removed = {
             let mut map = shard.map.write().expect("shard lock poisoned");
-            match map.get(&entry.key) {
-                Some(current) if Arc::ptr_eq(current, &entry) => map.remove(&entry.key),
-                _ => None,
+            // only the very entry: a replacement with the same key stays
+            match map.find_entry(hash, |e| Arc::ptr_eq(e, &entry)) {
+                Ok(occupied) => Some(occupied.remove().0),
+                Err(_) => None,
             }
         };
         // Released after unlocking: dropping the last entry drops its weak handle.

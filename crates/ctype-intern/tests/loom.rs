@@ -53,7 +53,10 @@ struct Held {
 fn intern(map: &InternMap<Weak>, key: &[usize], id: usize) -> Held {
     let candidate = Value::new(id);
     let for_weak = candidate.clone();
-    match map.intern(key, move || Ok::<_, ()>(Weak(for_weak))).unwrap() {
+    let make_weak = move || Ok::<_, ()>(Weak(for_weak));
+    // odd ids take the path the backend uses after a lookup miss
+    let result = if id % 2 == 1 { map.intern_after_miss(key, make_weak) } else { map.intern(key, make_weak) };
+    match result.unwrap() {
         Interned::Existing(value) => Held { value, entry: None },
         Interned::Inserted(entry) => Held { value: candidate, entry: Some(entry) },
     }
