@@ -261,7 +261,7 @@ pub fn run(plan: &Plan, args: &StressArgs) -> Result<bool> {
                             .map(|&step| {
                                 run_cell(plan, args, rules, step, interp).unwrap_or_else(|err| {
                                     util::warn(format!("[{}] step {step} stress: {err:#}", interp.label()));
-                                    failed_cell(step, interp, args, &err)
+                                    test_upstream::failed_cell(step, interp, "stress", args.threads, &err)
                                 })
                             })
                             .collect::<Vec<_>>()
@@ -281,27 +281,6 @@ pub fn run(plan: &Plan, args: &StressArgs) -> Result<bool> {
     Ok(cells.iter().all(|c| !c.is_bad()))
 }
 
-fn failed_cell(step: u32, interp: &Interpreter, args: &StressArgs, err: &anyhow::Error) -> Cell {
-    Cell {
-        step,
-        python: interp.version.clone(),
-        free_threaded: interp.free_threaded,
-        suite: "stress".into(),
-        parallel_threads: args.threads,
-        passed: 0,
-        failed: 0,
-        errors: 0,
-        skipped: 0,
-        xfailed: 0,
-        gil_enabled_after: None,
-        outcome: "build failed".into(),
-        detail: Some(format!("{err:#}").lines().next().unwrap_or("").to_string()),
-        duration_s: 0,
-        log: test_upstream::cell_dir(step, interp).join("build.log").display().to_string(),
-        run_at: util::unix_now(),
-        scenarios: None,
-    }
-}
 
 /// Per-scenario table: rows are scenarios (grouped by component), columns are cells.
 pub fn render_scenarios(cells: &[Cell]) -> String {

@@ -280,29 +280,33 @@ fn last_test_in_log(log: &Path) -> String {
         .unwrap_or_else(|| "unknown".to_string())
 }
 
+/// A cell for a (step, interpreter, suite) whose backend could not be built or run.
+pub fn failed_cell(step: u32, interp: &Interpreter, suite: &str, parallel_threads: u32, err: &anyhow::Error) -> Cell {
+    Cell {
+        step,
+        python: interp.version.clone(),
+        free_threaded: interp.free_threaded,
+        suite: suite.to_string(),
+        parallel_threads,
+        passed: 0,
+        failed: 0,
+        errors: 0,
+        skipped: 0,
+        xfailed: 0,
+        gil_enabled_after: None,
+        outcome: "build failed".into(),
+        detail: Some(format!("{err:#}").lines().next().unwrap_or("").to_string()),
+        duration_s: 0,
+        log: cell_dir(step, interp).join("build.log").display().to_string(),
+        run_at: util::unix_now(),
+        scenarios: None,
+    }
+}
+
 fn failed_build_cells(plan: &Plan, step: u32, interp: &Interpreter, err: &anyhow::Error) -> Vec<Cell> {
-    let first_line = format!("{err:#}").lines().next().unwrap_or("").to_string();
     plan.suites
         .iter()
-        .map(|suite| Cell {
-            step,
-            python: interp.version.clone(),
-            free_threaded: interp.free_threaded,
-            suite: suite.name().to_string(),
-            parallel_threads: plan.parallel_threads,
-            passed: 0,
-            failed: 0,
-            errors: 0,
-            skipped: 0,
-            xfailed: 0,
-            gil_enabled_after: None,
-            outcome: "build failed".into(),
-            detail: Some(first_line.clone()),
-            duration_s: 0,
-            log: cell_dir(step, interp).join("build.log").display().to_string(),
-            run_at: util::unix_now(),
-            scenarios: None,
-        })
+        .map(|suite| failed_cell(step, interp, suite.name(), plan.parallel_threads, err))
         .collect()
 }
 
