@@ -111,8 +111,9 @@ struct TestArgs {
     /// Interpreters to use instead of the default builds (repeatable).
     #[arg(long = "python", value_name = "PATH")]
     pythons: Vec<PathBuf>,
-    /// Suites to run, comma-separated: upstream (cffi's suite), build (the kit's step-0 checks).
-    #[arg(long, value_name = "LIST", default_value = "upstream,build")]
+    /// Suites to run, comma-separated: upstream (cffi's suite), build (the kit's own
+    /// checks), client-xattr (xattr 1.3.0 built against this cffi, its tests + 8 threads).
+    #[arg(long, value_name = "LIST", default_value = "upstream,build,client-xattr")]
     suites: String,
     /// Run each test N times at once with pytest-run-parallel (1: plain run).
     #[arg(long, value_name = "N", default_value_t = 1)]
@@ -317,7 +318,7 @@ fn ci(args: CiArgs) -> Result<bool> {
         source: SourceArgs { cffi_version: DEFAULT_CFFI.into(), checkout: None },
         steps: Some("latest".into()),
         pythons: args.pythons,
-        suites: "upstream,build".into(),
+        suites: "upstream,build,client-xattr".into(),
         parallel_threads: 1,
         jobs: None,
         suite_timeout_min: 30,

@@ -38,13 +38,21 @@ pub enum Suite {
     /// The kit's own checks: `compat-tests/test_build.py` (step 0: GIL stays off, kit
     /// linked) and `test_unique_cache.py` (step 1: entries die with ctypes, identity).
     Build,
+    /// A real client: xattr 1.3.0 built from its sdist against this cell's cffi, its
+    /// own tests and `compat-tests/test_client_xattr.py` (8 threads).
+    ClientXattr,
 }
+
+/// The client package of the `client-xattr` suite, pinned (PyPI sdist sha256).
+const XATTR_VERSION: &str = "1.3.0";
+const XATTR_SHA256: &str = "30439fabd7de0787b27e9a6e1d569c5959854cb322f64ce7380fedbfa5035036";
 
 impl Suite {
     pub fn name(self) -> &'static str {
         match self {
             Suite::Upstream => "upstream",
             Suite::Build => "build",
+            Suite::ClientXattr => "client-xattr",
         }
     }
 
@@ -52,7 +60,8 @@ impl Suite {
         match s {
             "upstream" => Ok(Suite::Upstream),
             "build" => Ok(Suite::Build),
-            other => bail!("--suites: unknown suite {other:?} (known: upstream, build)"),
+            "client-xattr" => Ok(Suite::ClientXattr),
+            other => bail!("--suites: unknown suite {other:?} (known: upstream, build, client-xattr)"),
         }
     }
 }
@@ -199,6 +208,14 @@ pub fn run_suite(plan: &Plan, step: u32, interp: &Interpreter, built: &BuiltCell
         Suite::Upstream => {
             cmd.args(["src/c/test_c.py", "testing"]).current_dir(&built.tree);
         }
+        Suite::ClientXattr => {
+            let client = install_xattr(built, &log)?;
+            let tests = util::workspace_root().join("compat-tests");
+            cmd.arg(client.join("tests"))
+                .arg(tests.join("test_client_xattr.py"))
+                .arg(format!("--rootdir={}", tests.display()))
+                .current_dir(&tmp);
+        }
         Suite::Build => {
             let tests = util::workspace_root().join("compat-tests");
             cmd.arg(tests.join("test_build.py"))
@@ -266,6 +283,31 @@ pub fn run_suite(plan: &Plan, step: u32, interp: &Interpreter, built: &BuiltCell
         run_at: util::unix_now(),
         scenarios: None,
     })
+}
+
+/// Builds xattr from its pinned sdist into the cell's venv, against the patched cffi
+/// installed there (`--no-build-isolation`, so pip cannot pull another cffi). Returns
+/// the copy of the source tree (its `tests/` are run).
+fn install_xattr(built: &BuiltCell, log: &Path) -> Result<PathBuf> {
+    let pristine = crate::upstream::fetch_pinned_package_sdist(
+        "xattr",
+        XATTR_VERSION,
+        XATTR_SHA256,
+        &util::kit_target_dir().join("clients"),
+    )?;
+    let tree = built.dir.join(format!("xattr-{XATTR_VERSION}"));
+    util::remove_dir_if_exists(&tree)?;
+    util::copy_tree(&pristine, &tree, &[])?;
+    Step {
+        label: format!("pip install xattr {XATTR_VERSION} (against this cell's cffi)"),
+        cmd: Command::new(&built.python)
+            .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-build-isolation", "--no-deps", "-v"])
+            .arg(&tree),
+        log,
+        timeout: Some(Duration::from_secs(900)),
+    }
+    .run_ok()?;
+    Ok(tree)
 }
 
 /// The node id of the last test pytest -v announced, for crash reports.

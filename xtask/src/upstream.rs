@@ -46,26 +46,31 @@ pub fn fetch_sdist(version: &str) -> Result<Upstream> {
     })
 }
 
-/// Any pinned cffi sdist (also versions without a series, e.g. for benchmarks):
-/// `pip download`ed into the cache, refused unless its sha256 is `sha`, and unpacked
-/// into `unpack_root/cffi-<version>/` (reused while its marker matches).
+/// Any pinned cffi sdist (also versions without a series, e.g. for benchmarks).
 pub fn fetch_pinned_sdist(version: &str, sha: &str, unpack_root: &Path) -> Result<PathBuf> {
+    fetch_pinned_package_sdist("cffi", version, sha, unpack_root)
+}
+
+/// A pinned sdist of `package` from PyPI: `pip download`ed into the cache, refused
+/// unless its sha256 is `sha`, and unpacked into `unpack_root/<package>-<version>/`
+/// (reused while its marker matches).
+pub fn fetch_pinned_package_sdist(package: &str, version: &str, sha: &str, unpack_root: &Path) -> Result<PathBuf> {
     let downloads = util::cache_dir()?.join("downloads");
     fs::create_dir_all(&downloads)?;
-    let file_name = format!("cffi-{version}.tar.gz");
+    let file_name = format!("{package}-{version}.tar.gz");
     let archive = downloads.join(&file_name);
     let have = archive.is_file() && util::sha256_file(&archive)? == sha;
     if !have {
-        status(format!("downloading cffi {version} sdist from PyPI (pip download, no binary)"));
+        status(format!("downloading {package} {version} sdist from PyPI (pip download, no binary)"));
         let scratch = util::ScratchDir::new_in(&downloads, "pip")?;
         let log = util::kit_target_dir().join("logs").join("fetch-upstream.log");
         Step {
-            label: format!("pip download cffi=={version}"),
+            label: format!("pip download {package}=={version}"),
             cmd: Command::new(download_python()?)
                 .args(["-m", "pip", "download", "--disable-pip-version-check", "--no-deps"])
                 .args(["--no-binary", ":all:", "-d"])
                 .arg(scratch.path())
-                .arg(format!("cffi=={version}")),
+                .arg(format!("{package}=={version}")),
             log: &log,
             timeout: Some(std::time::Duration::from_secs(600)),
         }
@@ -80,7 +85,7 @@ pub fn fetch_pinned_sdist(version: &str, sha: &str, unpack_root: &Path) -> Resul
         }
         fs::rename(&got, &archive)?;
     }
-    let tree = unpack_root.join(format!("cffi-{version}"));
+    let tree = unpack_root.join(format!("{package}-{version}"));
     let marker = tree.join(".cffi-ft-sdist-sha256");
     if fs::read_to_string(&marker).ok().as_deref() != Some(sha) {
         let scratch = util::ScratchDir::new_in(unpack_root, "unpack")?;
@@ -93,7 +98,7 @@ pub fn fetch_pinned_sdist(version: &str, sha: &str, unpack_root: &Path) -> Resul
         if !out.status.success() {
             bail!("cannot unpack {}: {}", archive.display(), String::from_utf8_lossy(&out.stderr).trim());
         }
-        let unpacked = scratch.path().join(format!("cffi-{version}"));
+        let unpacked = scratch.path().join(format!("{package}-{version}"));
         fs::write(unpacked.join(".cffi-ft-sdist-sha256"), sha)?;
         util::remove_dir_if_exists(&tree)?;
         fs::rename(&unpacked, &tree)?;
