@@ -197,10 +197,7 @@ fn run_cell(plan: &Plan, args: &StressArgs, rules: &[Rule], step: u32, interp: &
         .and_then(|v| v.get("scenarios").cloned().or(Some(v)))
         .and_then(|v| serde_json::from_value(v).ok())
         .unwrap_or_default();
-    let gil_enabled_after = fs::read_to_string(&gil_file)
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v.get("gil_enabled_after").and_then(|b| b.as_bool()));
+    let gil_enabled_after = test_upstream::read_gil_state(&gil_file);
     let (mut outcome, mut detail) = judge(rules, step, interp.free_threaded, &scenarios);
     if scenarios.is_empty() {
         outcome = if finished.status.code().is_none() { "crashed".into() } else { "failed".into() };

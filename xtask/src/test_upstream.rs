@@ -248,10 +248,7 @@ pub fn run_suite(plan: &Plan, step: u32, interp: &Interpreter, built: &BuiltCell
     }
     .run()?;
     let counts = fs::read_to_string(&junit).ok().and_then(|x| report::parse_junit(&x).ok());
-    let gil_enabled_after = fs::read_to_string(&gil_file)
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v.get("gil_enabled_after").and_then(|b| b.as_bool()));
+    let gil_enabled_after = read_gil_state(&gil_file);
     let code = finished.status.code();
     let (outcome, detail) = match (&counts, code) {
         _ if finished.timed_out => ("timed out".to_string(), Some(format!("no result after {}s; last test: {}", plan.suite_timeout.as_secs(), last_test_in_log(&log)))),
@@ -308,6 +305,14 @@ fn install_xattr(built: &BuiltCell, log: &Path) -> Result<PathBuf> {
     }
     .run_ok()?;
     Ok(tree)
+}
+
+/// `gil_enabled_after` from the file the suites' conftest writes at session end
+/// (`$CFFI_FT_GIL_STATE_FILE`); None if the run did not get that far.
+pub fn read_gil_state(path: &Path) -> Option<bool> {
+    let text = fs::read_to_string(path).ok()?;
+    let value = serde_json::from_str::<serde_json::Value>(&text).ok()?;
+    value.get("gil_enabled_after")?.as_bool()
 }
 
 /// The node id of the last test pytest -v announced, for crash reports.
