@@ -156,8 +156,15 @@ pub fn render_matrix(cells: &[Cell]) -> String {
         }
         columns.sort();
         let steps: BTreeSet<u32> = in_group.iter().map(|c| c.step).collect();
-        let threads_note =
-            if threads > 1 { format!(", pytest-run-parallel × {threads}") } else { String::new() };
+        let threads_note = if suite == "stress" {
+            // for stress cells the field holds the threads per scenario; counts are
+            // scenarios, judged against the series' stress-expectations
+            format!(", T = {threads} threads per scenario; counts are scenarios (errors: crashed), judged by stress-expectations")
+        } else if threads > 1 {
+            format!(", pytest-run-parallel × {threads}")
+        } else {
+            String::new()
+        };
         let _ = writeln!(out, "## suite `{suite}`{threads_note}\n");
         let _ = write!(out, "| step |");
         for (_, _, name) in &columns {
