@@ -101,16 +101,23 @@ struct FetchArgs {
     step: Option<u32>,
 }
 
+/// Which cffi source, steps and interpreters a run covers (test-upstream and stress).
 #[derive(Args)]
-struct TestArgs {
+struct Selection {
     #[command(flatten)]
     source: SourceArgs,
-    /// Steps to test: comma-separated numbers, `latest` or `all` (default: all steps).
+    /// Steps: comma-separated numbers, `latest` or `all` (default: all steps).
     #[arg(long, value_name = "LIST")]
     steps: Option<String>,
     /// Interpreters to use instead of the default builds (repeatable).
     #[arg(long = "python", value_name = "PATH")]
     pythons: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+struct TestArgs {
+    #[command(flatten)]
+    selection: Selection,
     /// Suites to run, comma-separated: upstream (cffi's suite), build (the kit's own
     /// checks), client-xattr (xattr 1.3.0 built against this cffi, its tests + 8 threads).
     #[arg(long, value_name = "LIST", default_value = "upstream,build,client-xattr")]
@@ -132,13 +139,7 @@ struct TestArgs {
 #[derive(Args)]
 struct StressCmd {
     #[command(flatten)]
-    source: SourceArgs,
-    /// Steps: comma-separated numbers, `latest` or `all` (default: all steps).
-    #[arg(long, value_name = "LIST")]
-    steps: Option<String>,
-    /// Interpreters to use instead of the default builds (repeatable).
-    #[arg(long = "python", value_name = "PATH")]
-    pythons: Vec<PathBuf>,
+    selection: Selection,
     /// Interpreters run at the same time (default: 1; scenarios use many threads).
     #[arg(long, value_name = "N", default_value_t = 1)]
     jobs: usize,
@@ -203,9 +204,7 @@ fn run(cmd: Cmd) -> Result<bool> {
         }
         Cmd::Stress(cmd) => {
             let test_args = TestArgs {
-                source: cmd.source,
-                steps: cmd.steps,
-                pythons: cmd.pythons,
+                selection: cmd.selection,
                 suites: "upstream".into(),
                 parallel_threads: 1,
                 jobs: Some(cmd.jobs),
@@ -242,12 +241,13 @@ fn plan_from(args: &TestArgs) -> Result<Plan> {
         bail!("--parallel-threads must be at least 1");
     }
     // Validate everything cheap before any long provisioning starts.
-    let version = match &args.source.checkout {
+    let selection = &args.selection;
+    let version = match &selection.source.checkout {
         Some(path) => upstream::checkout_version(path)?,
-        None => args.source.cffi_version.clone(),
+        None => selection.source.cffi_version.clone(),
     };
     let series = Series::load(&version)?;
-    let steps = series.select_steps(args.steps.as_deref())?;
+    let steps = series.select_steps(selection.steps.as_deref())?;
     let suites = args
         .suites
         .split(',')
@@ -258,8 +258,8 @@ fn plan_from(args: &TestArgs) -> Result<Plan> {
     if suites.is_empty() {
         bail!("--suites: no suite selected");
     }
-    let interpreters = python::resolve(&args.pythons)?;
-    let upstream = args.source.resolve()?;
+    let interpreters = python::resolve(&selection.pythons)?;
+    let upstream = selection.source.resolve()?;
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let jobs = args.jobs.unwrap_or(2).clamp(1, cpus.max(1));
     Ok(Plan {
@@ -315,9 +315,11 @@ fn ci(args: CiArgs) -> Result<bool> {
     loom()?;
     util::status("ci: test-upstream, latest step, both interpreters");
     let test_args = TestArgs {
-        source: SourceArgs { cffi_version: DEFAULT_CFFI.into(), checkout: None },
-        steps: Some("latest".into()),
-        pythons: args.pythons,
+        selection: Selection {
+            source: SourceArgs { cffi_version: DEFAULT_CFFI.into(), checkout: None },
+            steps: Some("latest".into()),
+            pythons: args.pythons,
+        },
         suites: "upstream,build,client-xattr".into(),
         parallel_threads: 1,
         jobs: None,
