@@ -44,12 +44,14 @@ CFFI_FT_PRIVATE PyObject *cffi_ft_unique_lookup(const void *const *key, size_t n
 
 /* Steals 'candidate' (a fully built, unshared ctype). Returns a new reference to the
    canonical ctype: an equal live one (candidate released), or candidate itself after
-   storing its cache entry into *entry_slot. NULL with an exception on failure. */
+   storing its token into *entry_slot (its ct_unique_entry field). NULL with an
+   exception on failure. */
 CFFI_FT_PRIVATE PyObject *cffi_ft_unique_intern(const void *const *key, size_t nwords,
                                                 PyObject *candidate, void **entry_slot);
 
-/* From the ctype's dealloc, after PyObject_ClearWeakRefs. Never raises. */
-CFFI_FT_PRIVATE void cffi_ft_unique_forget(void *entry);
+/* First thing in the ctype's dealloc, before PyObject_ClearWeakRefs: removes the
+   entry of 'dying' (whose ct_unique_entry is 'entry'; NULL: none). Never raises. */
+CFFI_FT_PRIVATE void cffi_ft_unique_forget(void *entry, PyObject *dying);
 
 #ifdef __cplusplus
 }

@@ -97,8 +97,9 @@ pub struct BenchArgs {
     #[arg(long, value_name = "S")]
     seconds: Option<f64>,
     /// Operations, comma-separated (default: all): typeof_hit, new_pointer_type,
-    /// new_array_type, new_function_type, new_array, new_struct, cast, struct_first,
-    /// lib_attr, api_call, dlopen_call, callback_from_c, extern_python, gc.
+    /// new_array_type, new_function_type, new_array_type_churn, new_array, new_struct,
+    /// cast, struct_first, lib_attr, api_call, dlopen_call, callback_from_c,
+    /// extern_python, gc.
     #[arg(long, value_name = "LIST")]
     ops: Option<String>,
     /// Backends, comma-separated: kit, vanilla, upstream.

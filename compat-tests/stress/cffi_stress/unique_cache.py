@@ -245,9 +245,11 @@ def s06(threads, rounds, fx):
             check(all(o is None for o in objs), "objects left")
             gc.collect()
             wrs = [(tid, w) for tid, lst in enumerate(res) for w in lst]
-            alive = [w for _, w in wrs if w() is not None]
-            check(not alive, "round %d: %d weakrefs still alive after the last reference went",
-                  rnd, len(alive))
+            alive = [o for o in (w() for _, w in wrs) if o is not None]
+            kinds = collections.Counter(type(o).__name__ for o in alive)
+            check(not alive, "round %d: %d weakrefs still alive after the last reference went"
+                  " (to %s)", rnd, len(alive), dict(kinds))
+            del alive
             counts = collections.Counter(fired)   # (k, maker tid) names one weakref
             check(len(fired) == len(wrs), "round %d: %d weakref callbacks for %d weakrefs",
                   rnd, len(fired), len(wrs))

@@ -6,30 +6,32 @@
 //!
 //! ## Ownership
 //! * The map owns one entry per key, never a strong reference to the ctype. An inserted
-//!   ctype owns its own clone of the entry (`Arc::into_raw` stored in its
-//!   `ct_unique_entry` field) and hands it back to [`cffi_ft_unique_forget`] as the
-//!   first thing its dealloc does.
+//!   ctype keeps its [`Token`] (one word, stored in its `ct_unique_entry` field) and
+//!   hands it back to [`cffi_ft_unique_forget`], with its own address as the identity,
+//!   as the first thing its dealloc does (before its memory can be reused).
 //! * **Free-threaded builds**: the entry's handle is a strong reference to a **weakref
-//!   object** of the ctype (`PyWeakref_NewRef(ctype, NULL)`). Hits come from
-//!   `PyWeakref_GetRef`, which never returns an object whose reference count already
-//!   reached zero, so a dying ctype is never handed out (hazards A1–A3); 3.13 has no
-//!   other public try-incref.
-//! * **GIL builds**: the handle is a borrowed pointer and a hit is `Py_IncRef`. This is
-//!   sound because the GIL is held from the final decref through the removal of the
-//!   entry at the top of the dealloc (nothing in between can release it), so an entry
-//!   that a lookup finds always points to a live ctype. It saves the weakref's
-//!   allocation on every miss, so GIL builds stay as fast as before.
+//!   object** of the ctype (`PyWeakref_NewRef(ctype, NULL)`). A reader pins it under
+//!   the shard lock (`Py_IncRef` of the weakref, which cannot block or deallocate) and
+//!   upgrades after unlocking with `PyWeakref_GetRef`, which never returns an object
+//!   whose reference count already reached zero, so a dying ctype is never handed out
+//!   (hazards A1–A3); 3.13 has no other public try-incref.
+//! * **GIL builds**: the handle is a borrowed pointer and pinning is `Py_IncRef` of the
+//!   ctype itself. This is sound because the GIL is held from the final decref through
+//!   the removal of the entry at the top of the dealloc (nothing in between can release
+//!   it), so an entry that a lookup finds always points to a live ctype. No weakref is
+//!   allocated on a miss and no CPython call but an incref runs on a hit.
 //!
 //! ## Seam rules
-//! `InternMap` never runs `upgrade` or a handle drop under its shard locks, so every
-//! CPython call here (`PyWeakref_GetRef`, `PyWeakref_NewRef`, `Py_DecRef`) happens with
-//! no Rust lock held (R2), and released references are dropped after unlocking (R3).
+//! Under a shard lock the map runs only [`WeakHandle::pin`], here a `Py_IncRef`, which
+//! cannot block, detach or deallocate. Every other CPython call (`PyWeakref_GetRef`,
+//! `PyWeakref_NewRef`, `Py_DecRef`) happens with no Rust lock held (R2), and released
+//! references are dropped after unlocking (R3).
 
 use std::ffi::c_void;
 use std::ptr::{self, NonNull};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
-use ctype_intern::{Entry, InternMap, Interned, WeakHandle};
+use ctype_intern::{InternMap, Interned, Token, WeakHandle};
 use pyo3_ffi as ffi;
 
 use crate::panic_guard::catch_panic;
@@ -38,34 +40,70 @@ use crate::panic_guard::catch_panic;
 /// GIL builds: a borrowed pointer to the ctype (see the module docs).
 struct PyWeakRef(NonNull<ffi::PyObject>);
 
-// SAFETY: the pointer is only used through CPython calls (`PyWeakref_GetRef`,
-// `Py_DecRef`), which are made on attached threads: every path into this module comes
-// from the backend's C code running attached. The weakref object itself is thread-safe
-// on both GIL and free-threaded builds.
+// SAFETY: the pointer is only used through CPython calls (`Py_IncRef`,
+// `PyWeakref_GetRef`, `Py_DecRef`), which are made on attached threads: every path into
+// this module comes from the backend's C code running attached. The weakref object
+// itself is thread-safe on both GIL and free-threaded builds.
 unsafe impl Send for PyWeakRef {}
-// SAFETY: as above; `&PyWeakRef` only allows `upgrade`, a CPython call.
+// SAFETY: as above; `&PyWeakRef` only allows `pin`, a `Py_IncRef`.
 unsafe impl Sync for PyWeakRef {}
+
+/// A pinned weakref (free-threaded builds): our own reference to the weakref object,
+/// so it outlives a concurrent removal of its entry until we have upgraded it.
+#[cfg(Py_GIL_DISABLED)]
+struct PinnedWeakRef(NonNull<ffi::PyObject>);
+
+#[cfg(Py_GIL_DISABLED)]
+impl Drop for PinnedWeakRef {
+    fn drop(&mut self) {
+        // SAFETY: we own this reference (taken by `pin`); attached thread, no lock held
+        // (`upgrade` runs unlocked).
+        unsafe { ffi::Py_DecRef(self.0.as_ptr()) };
+    }
+}
 
 impl WeakHandle for PyWeakRef {
     /// A new (owned) reference to the ctype.
     type Strong = NonNull<ffi::PyObject>;
 
     #[cfg(not(Py_GIL_DISABLED))]
-    fn upgrade(&self) -> Option<NonNull<ffi::PyObject>> {
+    type Pinned = NonNull<ffi::PyObject>;
+
+    #[cfg(Py_GIL_DISABLED)]
+    type Pinned = PinnedWeakRef;
+
+    #[cfg(not(Py_GIL_DISABLED))]
+    fn pin(&self) -> NonNull<ffi::PyObject> {
         // SAFETY: GIL builds only, GIL held by the caller: an entry found in the map
         // points to a live ctype (its dealloc removes the entry before anything can
-        // release the GIL), so taking a new reference is sound.
+        // release the GIL), so taking a new reference is sound. An incref cannot block
+        // or deallocate, so it may run under the shard lock.
         unsafe { ffi::Py_IncRef(self.0.as_ptr()) };
-        Some(self.0)
+        self.0
+    }
+
+    #[cfg(not(Py_GIL_DISABLED))]
+    fn upgrade(ctype: NonNull<ffi::PyObject>) -> Option<NonNull<ffi::PyObject>> {
+        Some(ctype)
     }
 
     #[cfg(Py_GIL_DISABLED)]
-    fn upgrade(&self) -> Option<NonNull<ffi::PyObject>> {
+    fn pin(&self) -> PinnedWeakRef {
+        // SAFETY: attached thread; the entry owns a reference to this weakref, and the
+        // shard lock held by our caller keeps the entry (so the weakref) alive. An
+        // incref cannot block or deallocate.
+        unsafe { ffi::Py_IncRef(self.0.as_ptr()) };
+        PinnedWeakRef(self.0)
+    }
+
+    #[cfg(Py_GIL_DISABLED)]
+    fn upgrade(weakref: PinnedWeakRef) -> Option<NonNull<ffi::PyObject>> {
         let mut obj = ptr::null_mut();
-        // SAFETY: attached thread; `self.0` is a live weakref object we own a reference
-        // to. Returns 1 with a new reference, 0 if the referent is dead; -1 only for a
-        // non-weakref argument, which cannot happen.
-        let rc = unsafe { ffi::PyWeakref_GetRef(self.0.as_ptr(), &mut obj) };
+        // SAFETY: attached thread, no lock held; `weakref` is a live weakref object we
+        // own a reference to. Returns 1 with a new reference, 0 if the referent is
+        // dead; -1 only for a non-weakref argument, which cannot happen.
+        let rc = unsafe { ffi::PyWeakref_GetRef(weakref.0.as_ptr(), &mut obj) };
+        drop(weakref);
         if rc == 1 {
             NonNull::new(obj)
         } else {
@@ -141,7 +179,7 @@ pub unsafe extern "C" fn cffi_ft_unique_lookup(
 /// Replaces the fully built ctype `candidate` (a reference the caller gives away) by
 /// the canonical one: returns a new reference to the live equal ctype if there is one
 /// (and releases `candidate`), else inserts `candidate`, stores its entry into
-/// `*entry_slot` (the candidate's `ct_unique_entry` field) and returns it.
+/// its token into `*entry_slot` (the candidate's `ct_unique_entry` field) and returns it.
 /// NULL with an exception on failure (`candidate` released).
 ///
 /// # Safety
@@ -161,12 +199,13 @@ pub unsafe extern "C" fn cffi_ft_unique_intern(
     let make_weak = || unsafe { make_handle(candidate) };
     // The backend's constructors call cffi_ft_unique_lookup() first, so start with the
     // insert loop (correct even if the caller did not look up: the loop re-checks).
-    match catch_panic(|| cache().intern_after_miss(key, make_weak)) {
-        Ok(Ok(Interned::Inserted(entry))) => {
+    let id = candidate as usize;
+    match catch_panic(|| cache().intern_after_miss(key, id, make_weak)) {
+        Ok(Ok(Interned::Inserted(token))) => {
             // SAFETY: `entry_slot` points into `candidate`, which only this thread can
             // see until we return it; its dealloc (the only other reader) cannot run
             // while we hold the reference.
-            unsafe { *entry_slot = Arc::into_raw(entry) as *mut c_void };
+            unsafe { *entry_slot = token.into_raw() as *mut c_void };
             candidate
         }
         Ok(Ok(Interned::Existing(canonical))) => {
@@ -190,22 +229,21 @@ pub unsafe extern "C" fn cffi_ft_unique_intern(
 }
 
 /// First thing in `ctypedescr_dealloc` (before `PyObject_ClearWeakRefs`, which may run
-/// Python code): removes the ctype's entry if the cache still holds that very entry,
-/// and releases the ctype's clone. Never raises.
+/// Python code, and before the ctype's memory can be reused): removes the entry of
+/// `dying` if the cache still holds it. `entry` is the token that
+/// [`cffi_ft_unique_intern`] stored in the ctype (NULL: never interned). Never raises.
 ///
 /// # Safety
-/// Attached thread; `entry` was stored by [`cffi_ft_unique_intern`] and is passed
-/// exactly once.
+/// Attached thread; `dying` is the ctype being deallocated and `entry` its stored
+/// token, passed once.
 #[no_mangle]
-pub unsafe extern "C" fn cffi_ft_unique_forget(entry: *mut c_void) {
-    if entry.is_null() {
+pub unsafe extern "C" fn cffi_ft_unique_forget(entry: *mut c_void, dying: *mut ffi::PyObject) {
+    let Some(token) = Token::from_raw(entry as usize) else {
         return;
-    }
-    // SAFETY: `entry` came from `Arc::into_raw` in cffi_ft_unique_intern, once.
-    let entry: Arc<Entry<PyWeakRef>> = unsafe { Arc::from_raw(entry as *const Entry<PyWeakRef>) };
+    };
     // A panic here can only come from a poisoned lock; nothing sensible to report
     // from a dealloc, and unwinding into C must not happen.
-    let _ = catch_panic(move || cache().forget(entry));
+    let _ = catch_panic(|| cache().forget(token, dying as usize));
 }
 
 /// Number of entries in the cache (diagnostics; backs

@@ -7,7 +7,7 @@
 //! going away followed, later, by the destructor calling `forget`.
 #![cfg(loom)]
 
-use ctype_intern::{Entry, InternMap, Interned, WeakHandle};
+use ctype_intern::{InternMap, Interned, Token, WeakHandle};
 use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::sync::Arc;
 use loom::thread;
@@ -32,11 +32,15 @@ struct Weak(Arc<Value>);
 
 impl WeakHandle for Weak {
     type Strong = Arc<Value>;
-    fn upgrade(&self) -> Option<Arc<Value>> {
-        let mut n = self.0.strong.load(Ordering::Acquire);
+    type Pinned = Arc<Value>;
+    fn pin(&self) -> Arc<Value> {
+        self.0.clone()
+    }
+    fn upgrade(value: Arc<Value>) -> Option<Arc<Value>> {
+        let mut n = value.strong.load(Ordering::Acquire);
         while n > 0 {
-            match self.0.strong.compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return Some(self.0.clone()),
+            match value.strong.compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Some(value),
                 Err(actual) => n = actual,
             }
         }
@@ -44,10 +48,10 @@ impl WeakHandle for Weak {
     }
 }
 
-/// What one thread ended up holding: the value and, if it inserted it, its entry.
+/// What one thread ended up holding: the value and, if it inserted it, its token.
 struct Held {
     value: Arc<Value>,
-    entry: Option<Arc<Entry<Weak>>>,
+    entry: Option<Token>,
 }
 
 fn intern(map: &InternMap<Weak>, key: &[usize], id: usize) -> Held {
@@ -55,18 +59,19 @@ fn intern(map: &InternMap<Weak>, key: &[usize], id: usize) -> Held {
     let for_weak = candidate.clone();
     let make_weak = move || Ok::<_, ()>(Weak(for_weak));
     // odd ids take the path the backend uses after a lookup miss
-    let result = if id % 2 == 1 { map.intern_after_miss(key, make_weak) } else { map.intern(key, make_weak) };
+    let result =
+        if id % 2 == 1 { map.intern_after_miss(key, id, make_weak) } else { map.intern(key, id, make_weak) };
     match result.unwrap() {
         Interned::Existing(value) => Held { value, entry: None },
-        Interned::Inserted(entry) => Held { value: candidate, entry: Some(entry) },
+        Interned::Inserted(token) => Held { value: candidate, entry: Some(token) },
     }
 }
 
 /// Drops a held reference; runs the "destructor" (forget) if it was the last one.
-fn release(map: &InternMap<Weak>, held: Held, owner_entry: Option<Arc<Entry<Weak>>>) {
+fn release(map: &InternMap<Weak>, held: Held, owner_entry: Option<Token>) {
     if held.value.release() {
-        if let Some(entry) = held.entry.or(owner_entry) {
-            map.forget(entry);
+        if let Some(token) = held.entry.or(owner_entry) {
+            map.forget(token, held.value.id);
         }
     }
 }
@@ -130,13 +135,13 @@ fn removal_racing_with_reinsertion() {
     loom::model(|| {
         let map = Arc::new(InternMap::<Weak>::new(1));
         let first = intern(&map, &[3, 3], 1);
-        let first_entry = first.entry.clone();
+        let first_entry = first.entry;
         // The value dies; its destructor (forget) runs on another thread while this
         // thread interns the same key again.
         assert!(first.value.release());
         let destructor = {
             let map = map.clone();
-            thread::spawn(move || map.forget(first_entry.unwrap()))
+            thread::spawn(move || map.forget(first_entry.unwrap(), 1))
         };
         let second = intern(&map, &[3, 3], 2);
         destructor.join().unwrap();
@@ -144,6 +149,5 @@ fn removal_racing_with_reinsertion() {
         assert!(second.entry.is_some());
         assert_eq!(map.len(), 1, "the new entry was removed by the old destructor");
         assert_eq!(map.lookup(&[3, 3]).map(|v| v.id), Some(2));
-        drop(first.entry);
     });
 }
