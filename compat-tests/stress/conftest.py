@@ -88,6 +88,13 @@ def pytest_configure(config):
         config.addinivalue_line("markers", "thread_unsafe: (pytest-run-parallel) run once")
 
 
+def pytest_itemcollected(item):
+    # `-k unique-cache` (xtask stress --only <component>) selects a component's scenarios
+    sc = getattr(getattr(item, "callspec", None), "params", {}).get("sc")
+    if sc is not None:
+        item.extra_keyword_matches.add(sc.component)
+
+
 def pytest_collection_modifyitems(config, items):
     s = config._stress_settings
     per_test = s.repeat * (s.timeout + 30) + 60
