@@ -3,10 +3,10 @@ import gc
 import json
 import os
 import random
-import weakref
 
 from . import scenario
-from ._support import JITTER, Racer, backend, bare_ffi, check, run_python, same_object
+from ._support import (JITTER, Racer, backend, bare_ffi, check, race_weakrefs_against_last_refs,
+                       run_python, same_object)
 
 
 @scenario(2, "s02_array_type_churn", ["A1", "A2", "A3", "A5"], rounds=100)
@@ -226,25 +226,9 @@ def s06(threads, rounds, fx):
                     objs.append(ffi.new("int[4]"))
                 else:
                     objs.append(ffi.buffer(ffi.new("char[8]")))
-            fired = []
-
-            def body(tid):
-                mine = []
-                if tid < makers:
-                    for k in range(K):
-                        o = objs[k]
-                        if o is not None:
-                            mine.append(weakref.ref(o, lambda w, k=k, t=tid: fired.append((k, t))))
-                        del o
-                else:
-                    for k in range(tid - makers, K, droppers):
-                        objs[k] = None
-                return mine
-
-            res = r.run(body)
+            wrs, fired = race_weakrefs_against_last_refs(r, objs, makers)
             check(all(o is None for o in objs), "objects left")
             gc.collect()
-            wrs = [(tid, w) for tid, lst in enumerate(res) for w in lst]
             alive = [o for o in (w() for _, w in wrs) if o is not None]
             kinds = collections.Counter(type(o).__name__ for o in alive)
             check(not alive, "round %d: %d weakrefs still alive after the last reference went"
@@ -255,4 +239,4 @@ def s06(threads, rounds, fx):
                   rnd, len(fired), len(wrs))
             dup = [k for k, c in counts.items() if c > 1]
             check(not dup, "round %d: weakref callback ran more than once: %s", rnd, dup[:5])
-            del res, wrs, objs
+            del wrs, objs
