@@ -162,6 +162,15 @@ struct CiArgs {
 }
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, which turns a closed stdout (`cargo xtask series | head`)
+    // into a panic in println!. Like other command-line tools, end quietly instead.
+    // Children are unaffected: Command resets SIGPIPE for them either way.
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any thread is spawned; SIG_DFL is a
+    // valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match run(cli.command) {
         Ok(true) => ExitCode::SUCCESS,
