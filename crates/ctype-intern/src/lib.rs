@@ -193,13 +193,16 @@ impl<W: WeakHandle> InternMap<W> {
         &self.shards[index]
     }
 
+    /// The entry for `key` as (serial, pinned handle), read under the shard's read lock.
+    fn find_pinned(&self, token: Token, key: &[usize]) -> Option<(u64, W::Pinned)> {
+        let table = self.shard(token).read().expect("shard lock poisoned");
+        let entry = table.entries.find(token.hash(), |e| e.key.words() == key)?;
+        Some((entry.serial, entry.weak.pin()))
+    }
+
     /// The hit path: a strong reference to the live value interned under `key`.
     pub fn lookup(&self, key: &[usize]) -> Option<W::Strong> {
-        let token = self.token(key);
-        let pinned = {
-            let table = self.shard(token).read().expect("shard lock poisoned");
-            table.entries.find(token.hash(), |e| e.key.words() == key)?.weak.pin()
-        };
+        let (_, pinned) = self.find_pinned(self.token(key), key)?;
         // lock released: upgrading may call into the runtime
         W::upgrade(pinned)
     }
@@ -214,11 +217,7 @@ impl<W: WeakHandle> InternMap<W> {
         make_weak: impl FnOnce() -> Result<W, E>,
     ) -> Result<Interned<W::Strong>, E> {
         let token = self.token(key);
-        let seen = {
-            let table = self.shard(token).read().expect("shard lock poisoned");
-            table.entries.find(token.hash(), |e| e.key.words() == key).map(|e| (e.serial, e.weak.pin()))
-        };
-        let seen = match seen {
+        let seen = match self.find_pinned(token, key) {
             None => Seen::Nothing,
             Some((serial, pinned)) => match W::upgrade(pinned) {
                 Some(live) => return Ok(Interned::Existing(live)),
@@ -257,8 +256,7 @@ impl<W: WeakHandle> InternMap<W> {
         loop {
             let mut table = shard.write().expect("shard lock poisoned");
             let serial = table.next_serial;
-            let Table { entries, .. } = &mut *table;
-            let slot = entries.entry(hash, |e| e.key.words() == key, |e| self.hasher_of(e));
+            let slot = table.entries.entry(hash, |e| e.key.words() == key, |e| self.hasher_of(e));
             let pinned = match slot {
                 Slot::Vacant(vacant) => {
                     let weak = weak.take().expect("inserted once");
