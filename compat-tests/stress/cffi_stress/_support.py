@@ -164,34 +164,6 @@ class SpinBarrier:
         self._count = 0
 
 
-def race_weakrefs_against_last_refs(racer, objs, makers):
-    """One round of scenario s06, also run without cffi by
-    compat-tests/cpython-bugs/nongc-weakref-survivors: the first ``makers`` threads of
-    ``racer`` create weakrefs (with callbacks) to every object still in the list ``objs``
-    while the other threads replace its items by None, dropping the last strong
-    references. Returns ``(weakrefs, fired)``: ``[(maker tid, weakref)]`` and the list
-    to which each callback appends ``(index, maker tid)`` when it runs."""
-    import weakref
-    fired = []
-    droppers = racer.n - makers
-
-    def body(tid):
-        mine = []
-        if tid < makers:
-            for k in range(len(objs)):
-                o = objs[k]
-                if o is not None:
-                    mine.append(weakref.ref(o, lambda w, k=k, t=tid: fired.append((k, t))))
-                del o
-        else:
-            for k in range(tid - makers, len(objs), droppers):
-                objs[k] = None
-        return mine
-
-    res = racer.run(body)
-    return [(tid, w) for tid, lst in enumerate(res) for w in lst], fired
-
-
 class Racer:
     """``n`` persistent worker threads. ``run(body)`` releases them together, each runs
     ``body(tid)``, and the results come back as a list (index = tid). An exception in any
