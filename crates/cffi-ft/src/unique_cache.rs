@@ -48,20 +48,6 @@ unsafe impl Send for PyWeakRef {}
 // SAFETY: as above; `&PyWeakRef` only allows `pin`, a `Py_IncRef`.
 unsafe impl Sync for PyWeakRef {}
 
-/// A pinned weakref (free-threaded builds): our own reference to the weakref object,
-/// so it outlives a concurrent removal of its entry until we have upgraded it.
-#[cfg(Py_GIL_DISABLED)]
-struct PinnedWeakRef(NonNull<ffi::PyObject>);
-
-#[cfg(Py_GIL_DISABLED)]
-impl Drop for PinnedWeakRef {
-    fn drop(&mut self) {
-        // SAFETY: we own this reference (taken by `pin`); attached thread, no lock held
-        // (`upgrade` runs unlocked).
-        unsafe { ffi::Py_DecRef(self.0.as_ptr()) };
-    }
-}
-
 impl WeakHandle for PyWeakRef {
     /// A new (owned) reference to the ctype.
     type Strong = NonNull<ffi::PyObject>;
@@ -69,8 +55,10 @@ impl WeakHandle for PyWeakRef {
     #[cfg(not(Py_GIL_DISABLED))]
     type Pinned = NonNull<ffi::PyObject>;
 
+    /// Free-threaded builds: another owned reference to the entry's weakref, so it
+    /// outlives a concurrent removal of the entry until we have upgraded it.
     #[cfg(Py_GIL_DISABLED)]
-    type Pinned = PinnedWeakRef;
+    type Pinned = PyWeakRef;
 
     #[cfg(not(Py_GIL_DISABLED))]
     fn pin(&self) -> NonNull<ffi::PyObject> {
@@ -88,16 +76,16 @@ impl WeakHandle for PyWeakRef {
     }
 
     #[cfg(Py_GIL_DISABLED)]
-    fn pin(&self) -> PinnedWeakRef {
+    fn pin(&self) -> PyWeakRef {
         // SAFETY: attached thread; the entry owns a reference to this weakref, and the
         // shard lock held by our caller keeps the entry (so the weakref) alive. An
         // incref cannot block or deallocate.
         unsafe { ffi::Py_IncRef(self.0.as_ptr()) };
-        PinnedWeakRef(self.0)
+        PyWeakRef(self.0)
     }
 
     #[cfg(Py_GIL_DISABLED)]
-    fn upgrade(weakref: PinnedWeakRef) -> Option<NonNull<ffi::PyObject>> {
+    fn upgrade(weakref: PyWeakRef) -> Option<NonNull<ffi::PyObject>> {
         let mut obj = ptr::null_mut();
         // SAFETY: attached thread, no lock held; `weakref` is a live weakref object we
         // own a reference to. Returns 1 with a new reference, 0 if the referent is
