@@ -56,7 +56,8 @@ enum Cmd {
     /// List the patch series: each patch with its step, kind, cargo feature and subject.
     Series(SeriesArgs),
     /// What CI runs (the README's test command): cargo test --workspace, the loom models,
-    /// then the latest step on both interpreters (cffi's suite, build checks, short stress).
+    /// then the latest step on both interpreters (cffi's suite, build checks, the real
+    /// clients, short stress).
     Ci(CiArgs),
     /// Micro-benchmarks: the kit at each step vs vanilla cffi 1.17.1 and upstream cffi 2.1.1,
     /// on 3.13 and 3.13t, interleaved in one run (ns/op and 2-thread scaling).
@@ -119,8 +120,9 @@ struct TestArgs {
     #[command(flatten)]
     selection: Selection,
     /// Suites to run, comma-separated: upstream (cffi's suite), build (the kit's own
-    /// checks), client-xattr (xattr 1.3.0 built against this cffi, its tests + 8 threads).
-    #[arg(long, value_name = "LIST", default_value = "upstream,build,client-xattr")]
+    /// checks), client-xattr (xattr 1.3.0 built against this cffi, its tests + 8 threads),
+    /// client-brotli (brotlicffi 1.2.1.0 built against this cffi, round-trips + 8 threads).
+    #[arg(long, value_name = "LIST", default_value = "upstream,build,client-xattr,client-brotli")]
     suites: String,
     /// Run each test N times at once with pytest-run-parallel (1: plain run).
     #[arg(long, value_name = "N", default_value_t = 1)]
@@ -329,7 +331,7 @@ fn ci(args: CiArgs) -> Result<bool> {
             steps: Some("latest".into()),
             pythons: args.pythons,
         },
-        suites: "upstream,build,client-xattr".into(),
+        suites: "upstream,build,client-xattr,client-brotli".into(),
         parallel_threads: 1,
         jobs: None,
         suite_timeout_min: 30,

@@ -41,11 +41,33 @@ pub enum Suite {
     /// A real client: xattr 1.3.0 built from its sdist against this cell's cffi, its
     /// own tests and `compat-tests/test_client_xattr.py` (8 threads).
     ClientXattr,
+    /// A real client: brotlicffi 1.2.1.0 (API mode, bundled brotli C sources) built from
+    /// its sdist against this cell's cffi, and `compat-tests/test_client_brotli.py`
+    /// (round-trips of a fixed corpus, then 8 threads). The sdist's own tests need
+    /// brotli test data it does not ship, so they are not run.
+    ClientBrotli,
 }
 
-/// The client package of the `client-xattr` suite, pinned (PyPI sdist sha256).
-const XATTR_VERSION: &str = "1.3.0";
-const XATTR_SHA256: &str = "30439fabd7de0787b27e9a6e1d569c5959854cb322f64ce7380fedbfa5035036";
+/// A real cffi client package, pinned by the sha256 of its PyPI sdist.
+struct Client {
+    package: &'static str,
+    version: &'static str,
+    sha256: &'static str,
+}
+
+/// The client of the `client-xattr` suite.
+const XATTR: Client = Client {
+    package: "xattr",
+    version: "1.3.0",
+    sha256: "30439fabd7de0787b27e9a6e1d569c5959854cb322f64ce7380fedbfa5035036",
+};
+
+/// The client of the `client-brotli` suite.
+const BROTLICFFI: Client = Client {
+    package: "brotlicffi",
+    version: "1.2.1.0",
+    sha256: "5d0b89e959f643aab4c58c15c06e1e87b6f6605e5e88c3c1c28f5ce1c58c4e5f",
+};
 
 impl Suite {
     pub fn name(self) -> &'static str {
@@ -53,6 +75,7 @@ impl Suite {
             Suite::Upstream => "upstream",
             Suite::Build => "build",
             Suite::ClientXattr => "client-xattr",
+            Suite::ClientBrotli => "client-brotli",
         }
     }
 
@@ -61,7 +84,8 @@ impl Suite {
             "upstream" => Ok(Suite::Upstream),
             "build" => Ok(Suite::Build),
             "client-xattr" => Ok(Suite::ClientXattr),
-            other => bail!("--suites: unknown suite {other:?} (known: upstream, build, client-xattr)"),
+            "client-brotli" => Ok(Suite::ClientBrotli),
+            other => bail!("--suites: unknown suite {other:?} (known: upstream, build, client-xattr, client-brotli)"),
         }
     }
 }
@@ -209,10 +233,17 @@ pub fn run_suite(plan: &Plan, step: u32, interp: &Interpreter, built: &BuiltCell
             cmd.args(["src/c/test_c.py", "testing"]).current_dir(&built.tree);
         }
         Suite::ClientXattr => {
-            let client = install_xattr(built, &log)?;
+            let client = install_client(built, &XATTR, &log)?;
             let tests = util::workspace_root().join("compat-tests");
             cmd.arg(client.join("tests"))
                 .arg(tests.join("test_client_xattr.py"))
+                .arg(format!("--rootdir={}", tests.display()))
+                .current_dir(&tmp);
+        }
+        Suite::ClientBrotli => {
+            install_client(built, &BROTLICFFI, &log)?;
+            let tests = util::workspace_root().join("compat-tests");
+            cmd.arg(tests.join("test_client_brotli.py"))
                 .arg(format!("--rootdir={}", tests.display()))
                 .current_dir(&tmp);
         }
@@ -282,21 +313,18 @@ pub fn run_suite(plan: &Plan, step: u32, interp: &Interpreter, built: &BuiltCell
     })
 }
 
-/// Builds xattr from its pinned sdist into the cell's venv, against the patched cffi
-/// installed there (`--no-build-isolation`, so pip cannot pull another cffi). Returns
-/// the copy of the source tree (its `tests/` are run).
-fn install_xattr(built: &BuiltCell, log: &Path) -> Result<PathBuf> {
-    let pristine = crate::upstream::fetch_pinned_package_sdist(
-        "xattr",
-        XATTR_VERSION,
-        XATTR_SHA256,
-        &util::kit_target_dir().join("clients"),
-    )?;
-    let tree = built.dir.join(format!("xattr-{XATTR_VERSION}"));
+/// Builds `client` from its pinned sdist into the cell's venv, against the patched
+/// cffi installed there (`--no-build-isolation`, so pip cannot pull another cffi).
+/// Returns the cell's copy of the source tree (for suites that run its `tests/`).
+fn install_client(built: &BuiltCell, client: &Client, log: &Path) -> Result<PathBuf> {
+    let Client { package, version, sha256 } = *client;
+    let pristine =
+        crate::upstream::fetch_pinned_package_sdist(package, version, sha256, &util::kit_target_dir().join("clients"))?;
+    let tree = built.dir.join(format!("{package}-{version}"));
     util::remove_dir_if_exists(&tree)?;
     util::copy_tree(&pristine, &tree, &[])?;
     Step {
-        label: format!("pip install xattr {XATTR_VERSION} (against this cell's cffi)"),
+        label: format!("pip install {package} {version} (against this cell's cffi)"),
         cmd: Command::new(&built.python)
             .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-build-isolation", "--no-deps", "-v"])
             .arg(&tree),
@@ -425,4 +453,18 @@ pub fn run(plan: &Plan) -> Result<bool> {
         );
     }
     Ok(bad.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_suite_name_parses_back() {
+        for suite in [Suite::Upstream, Suite::Build, Suite::ClientXattr, Suite::ClientBrotli] {
+            assert_eq!(Suite::parse(suite.name()).unwrap(), suite);
+        }
+        let err = Suite::parse("client-zlib").unwrap_err().to_string();
+        assert!(err.contains("client-brotli"), "{err}");
+    }
 }
