@@ -292,7 +292,7 @@ fn test_upstream(args: TestArgs) -> Result<bool> {
 }
 
 /// Crates whose concurrent core has loom models (tests/loom.rs).
-const LOOM_CRATES: &[&str] = &["ctype-intern"];
+const LOOM_CRATES: &[&str] = &["ctype-intern", "realize-once"];
 
 fn loom() -> Result<bool> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
