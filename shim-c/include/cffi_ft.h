@@ -53,6 +53,57 @@ CFFI_FT_PRIVATE PyObject *cffi_ft_unique_intern(const void *const *key, size_t n
    entry of 'dying' (whose ct_unique_entry is 'entry'; NULL: none). Never raises. */
 CFFI_FT_PRIVATE void cffi_ft_unique_forget(void *entry, PyObject *dying);
 
+/* Step 2 (cargo feature realize-once): the realization protocol
+   (crates/cffi-ft/src/realize.rs over crates/realize-once).
+
+   The realization lock is one re-entrant lock for the whole process. A thread that
+   must wait for it detaches first (PyEval_SaveThread) and parks on a PyMutex, so it
+   never blocks a stop-the-world collection, and never waits holding the GIL. It may
+   be held across dict, weakref and unique-cache calls. cffi_ft_realize_lock() returns
+   0, or -1 with an exception (a protocol error: a bug); cffi_ft_realize_unlock()
+   returns 0, or -1 with an exception if this thread does not hold the lock. */
+CFFI_FT_PRIVATE int cffi_ft_realize_lock(void);
+CFFI_FT_PRIVATE int cffi_ft_realize_unlock(void);
+
+/* The once-state word of a lazily completed object (a struct's field list). The C
+   side stores NOT_LAZY or LAZY into it before the object is shared, and reads it only
+   through cffi_ft_lazy_is_done(); every other word is BUILDING(thread). */
+#define CFFI_FT_LAZY_NOT_LAZY 0
+#define CFFI_FT_LAZY_LAZY 1
+#define CFFI_FT_LAZY_DONE 2
+
+static inline int cffi_ft_lazy_is_done(const uintptr_t *state)
+{
+    return __atomic_load_n(state, __ATOMIC_ACQUIRE) == CFFI_FT_LAZY_DONE;
+}
+
+/* Completes a lazy object: if *state is DONE returns 1 at once (acquire, no lock).
+   Otherwise takes the realization lock; if the object is LAZY, claims it and calls
+   build(ctx) with the lock held (build returns 0, or -1 with an exception), then
+   publishes DONE (release) or rolls back to LAZY. Returns 1: complete; 0: nothing to
+   complete (NOT_LAZY); -1: the build failed (its exception is set) or a protocol
+   error (SystemError); CFFI_FT_LAZY_RECURSIVE: this thread is completing it further
+   up its stack (no exception set). */
+#define CFFI_FT_LAZY_RECURSIVE (-2)
+CFFI_FT_PRIVATE int cffi_ft_lazy_force(uintptr_t *state, int (*build)(void *ctx),
+                                       void *ctx);
+
+/* NOT_LAZY -> DONE (release), for an object completed directly by user code. 0, or
+   -1 with a SystemError if the object was in another state. */
+CFFI_FT_PRIVATE int cffi_ft_lazy_complete_eagerly(uintptr_t *state);
+
+/* Realized type slots (_cffi_types[] and friends): acquire load, release store.
+   Generated modules read the slots directly; the layout is unchanged. */
+static inline void *cffi_ft_slot_load(void *const *slot)
+{
+    return __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+}
+
+static inline void cffi_ft_slot_publish(void **slot, void *value)
+{
+    __atomic_store_n(slot, value, __ATOMIC_RELEASE);
+}
+
 #ifdef __cplusplus
 }
 #endif

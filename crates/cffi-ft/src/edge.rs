@@ -12,7 +12,7 @@ use crate::kit::{check_abi, Abi, ENABLED_STEPS, KIT_VERSION};
 use crate::panic_guard::catch_panic;
 
 /// Runs an entry body under the panic guard; a panic becomes `SystemError`.
-fn entry(body: impl FnOnce() -> c_int) -> c_int {
+pub(crate) fn entry(body: impl FnOnce() -> c_int) -> c_int {
     match catch_panic(body) {
         Ok(rc) => rc,
         Err(message) => {
@@ -22,7 +22,7 @@ fn entry(body: impl FnOnce() -> c_int) -> c_int {
     }
 }
 
-fn raise(exc_type: *mut ffi::PyObject, message: &str) {
+pub(crate) fn raise(exc_type: *mut ffi::PyObject, message: &str) {
     let text = CString::new(message.replace('\0', " ")).expect("NULs were replaced");
     // SAFETY: called on an attached thread (entry contract); both pointers are valid:
     // `exc_type` is one of CPython's static exception types and `text` outlives the call.

@@ -11,6 +11,8 @@ pub const ENABLED_STEPS: &[u32] = &[
     0,
     #[cfg(feature = "ctype-intern")]
     1,
+    #[cfg(feature = "realize-once")]
+    2,
 ];
 
 /// The interpreter ABI one side of the link was compiled for.

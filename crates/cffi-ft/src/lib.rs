@@ -18,6 +18,12 @@
 //! * `unique_cache::cffi_ft_unique_{lookup,intern,forget}`: the unique ctype cache,
 //!   a concurrent interning map of weak references (crate `ctype-intern`).
 //!
+//! ## What step 2 exports (feature `realize-once`)
+//! * `realize::cffi_ft_realize_{lock,unlock}`: the process-wide re-entrant realization
+//!   lock, whose waiters wait detached (crate `realize-once`).
+//! * `realize::cffi_ft_lazy_force` / `cffi_ft_lazy_complete_eagerly`: the once-state
+//!   machine of lazy structs.
+//!
 //! ## Concurrency contract
 //! Step 0 holds no shared mutable state; the unique cache's contract is documented in
 //! `unique_cache` and in the `ctype-intern` crate. Both entry points run on a thread that is
@@ -45,3 +51,7 @@ pub mod edge;
 /// Step 1: the unique ctype cache (feature `ctype-intern`).
 #[cfg(all(feature = "ctype-intern", not(test)))]
 pub mod unique_cache;
+
+/// Step 2: the realization lock and lazy-struct completion (feature `realize-once`).
+#[cfg(all(feature = "realize-once", not(test)))]
+pub mod realize;
