@@ -60,13 +60,32 @@ pub struct ScenarioTally {
 // Expectations
 
 /// What a step is expected to pass, one rule per line, first match wins:
-/// `<step|*> <gil|t|*> <scenario|component|*> <pass|may-fail>`.
+/// `<step|N+|*> <gil|t|*> <scenario|component|*> <pass|may-fail>`. `N+` matches step N
+/// and every later one, so a component fixed at step N is required from then on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
-    step: Option<u32>,
+    steps: StepRange,
     free_threaded: Option<bool>,
     selector: String,
     must_pass: bool,
+}
+
+/// The steps a rule applies to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum StepRange {
+    Any,
+    Exactly(u32),
+    From(u32),
+}
+
+impl StepRange {
+    fn contains(self, step: u32) -> bool {
+        match self {
+            StepRange::Any => true,
+            StepRange::Exactly(s) => step == s,
+            StepRange::From(s) => step >= s,
+        }
+    }
 }
 
 pub fn parse_expectations(text: &str) -> Result<Vec<Rule>> {
@@ -80,9 +99,13 @@ pub fn parse_expectations(text: &str) -> Result<Vec<Rule>> {
         let [step, flavour, selector, expect] = words[..] else {
             bail!("expectations line {}: want 4 fields, got {:?}", n + 1, line);
         };
-        let step = match step {
-            "*" => None,
-            s => Some(s.parse().map_err(|_| anyhow::anyhow!("expectations line {}: bad step {s:?}", n + 1))?),
+        let bad_step = || anyhow::anyhow!("expectations line {}: bad step {step:?} (want N, N+ or *)", n + 1);
+        let steps = match step {
+            "*" => StepRange::Any,
+            s => match s.strip_suffix('+') {
+                Some(from) => StepRange::From(from.parse().map_err(|_| bad_step())?),
+                None => StepRange::Exactly(s.parse().map_err(|_| bad_step())?),
+            },
         };
         let free_threaded = match flavour {
             "*" => None,
@@ -95,7 +118,7 @@ pub fn parse_expectations(text: &str) -> Result<Vec<Rule>> {
             "may-fail" => false,
             e => bail!("expectations line {}: {e:?} is not pass or may-fail", n + 1),
         };
-        rules.push(Rule { step, free_threaded, selector: selector.to_string(), must_pass });
+        rules.push(Rule { steps, free_threaded, selector: selector.to_string(), must_pass });
     }
     Ok(rules)
 }
@@ -105,7 +128,7 @@ pub fn must_pass(rules: &[Rule], step: u32, free_threaded: bool, scenario: &str,
     rules
         .iter()
         .find(|r| {
-            r.step.is_none_or(|s| s == step)
+            r.steps.contains(step)
                 && r.free_threaded.is_none_or(|f| f == free_threaded)
                 && (r.selector == "*" || r.selector == scenario || r.selector == component)
         })
@@ -349,9 +372,20 @@ mod tests {
     }
 
     #[test]
+    fn a_step_plus_rule_holds_from_that_step_on() {
+        let rules = parse_expectations("2+ t type-realization pass\n* t * may-fail\n").unwrap();
+        assert!(!must_pass(&rules, 1, true, "s26", "type-realization"));
+        assert!(must_pass(&rules, 2, true, "s26", "type-realization"));
+        assert!(must_pass(&rules, 5, true, "s26", "type-realization"));
+        assert!(!must_pass(&rules, 5, true, "s14", "callbacks"));
+    }
+
+    #[test]
     fn bad_expectation_lines_are_refused() {
         assert!(parse_expectations("0 t *").is_err());
         assert!(parse_expectations("x t * pass").is_err());
+        assert!(parse_expectations("+ t * pass").is_err());
+        assert!(parse_expectations("1++ t * pass").is_err());
         assert!(parse_expectations("0 nogil * pass").is_err());
         assert!(parse_expectations("0 t * maybe").is_err());
     }
