@@ -2,12 +2,14 @@
 
 Nothing here imports cffi at module level (see the package docstring).
 """
+import gc
 import json
 import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 import traceback
 import types
 
@@ -420,6 +422,27 @@ def _tail(s, n=800):
 
 def getrefcount(x):
     return sys.getrefcount(x) - 1
+
+
+# How long a collection running in another thread may take to free what it merged.
+# gc.collect() returns at once while another thread's collection is running (on 3.13t,
+# often a worker's automatic one). That collection merges the reference counts queued
+# for the objects' owner thread, keeps the objects that reached zero on a work list and
+# deallocates them only after restarting the world: until then they still hold their
+# references (and their weakrefs still resolve).
+SETTLE_S = 5.0
+
+
+def settled(condition):
+    """Collects, then waits up to SETTLE_S for `condition()` to hold (holding none of
+    the objects it is about); returns its last value. A condition that never holds still
+    fails the caller's check."""
+    deadline = time.monotonic() + SETTLE_S
+    gc.collect()
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+        gc.collect()
+    return condition()
 
 
 _interp_dict = []

@@ -1,13 +1,12 @@
 """unique-cache scenarios (hazards A1-A9): research notes section 5, scenarios 2-6."""
-import gc
 import json
 import os
 import random
-import time
 import weakref
 
 from . import scenario
-from ._support import JITTER, Racer, backend, bare_ffi, check, run_python, same_object
+from ._support import (SETTLE_S, JITTER, Racer, backend, bare_ffi, check, run_python,
+                       same_object, settled)
 
 
 @scenario(2, "s02_array_type_churn", ["A1", "A2", "A3", "A5"], rounds=100)
@@ -204,10 +203,6 @@ def s05(threads, rounds, fx):
               rnd, dict(list(diff.items())[:10]))
 
 
-# s06: how long a collection running in another thread may take to free what it merged
-SETTLE_S = 5.0
-
-
 @scenario(6, "s06_weakrefs_vs_last_ref", ["A9", "F8"], rounds=300)
 def s06(threads, rounds, fx):
     """Half the threads create weakrefs (with callbacks) to fresh ctypes, cdata and
@@ -251,18 +246,10 @@ def s06(threads, rounds, fx):
             res = r.run(body)
             wrs = [(tid, w) for tid, lst in enumerate(res) for w in lst]
             check(all(o is None for o in objs), "objects left")
-            gc.collect()
-            # gc.collect() returns at once while another thread's collection is running
-            # (on 3.13t, often a worker's automatic one). That collection merges the
-            # reference counts queued for their owner, keeps the objects that reached
-            # zero on a work list and deallocates them (weakref callbacks included) only
-            # after restarting the world: until then their weakrefs still resolve. Give
-            # it time, holding none of the objects; a weakref that never dies still fails.
-            deadline = time.monotonic() + SETTLE_S
-            while (any(w() is not None for _, w in wrs) or len(fired) < len(wrs)) \
-                    and time.monotonic() < deadline:
-                time.sleep(0.01)
-                gc.collect()
+            # A collection still running in another thread frees what it merged (and
+            # runs the weakref callbacks) only after restarting the world: give it time,
+            # holding none of the objects (see SETTLE_S); a weakref that never dies fails.
+            settled(lambda: all(w() is None for _, w in wrs) and len(fired) >= len(wrs))
             alive = [o for o in (w() for _, w in wrs) if o is not None]
             kinds = collections.Counter(type(o).__name__ for o in alive)
             check(not alive, "round %d: %d weakrefs still alive %.0f s after the last reference"
