@@ -96,10 +96,15 @@ def s23(threads, rounds, fx):
 
 @scenario(24, "s24_callback_type_first_use", ["D2"], rounds=300)
 def s24(threads, rounds, fx):
-    """T threads call ffi.callback(s, f) with type strings never seen by a fresh FFI (one
-    per round), all threads on the same string at the same instant (barrier per string).
-    Invariant: no crash, each callback calls its own function, and afterwards ffi.typeof
-    of each string is one stable object, the type of every callback made from it."""
+    """T threads call ``ffi.callback(s)`` with type strings never seen by a fresh FFI (one
+    per round), all threads on the same string at the same instant (barrier per string):
+    the first parse of a function type string inserts a fresh 1-tuple into the FFI's
+    types_dict, the path of hazard D2. ``ffi.callback(s)`` without a function returns a
+    decorator and creates no closure, so the race stays on types_dict (creating
+    callbacks from many threads at once is hazard C1, callbacks). Then, single-threaded,
+    every thread's decorator makes a callback of a function of its own. Invariant: no
+    crash, each callback calls its own function, and ffi.typeof of each string is one
+    stable object, the type of every callback made from it."""
     sigs = [("int(int)", "int(*)(int)", (5,)),
             ("long(long, int)", "long(*)(long, int)", (5, 2)),
             ("short(*)(short)", "short(*)(short)", (5,)),
@@ -119,29 +124,24 @@ def s24(threads, rounds, fx):
 
             def body(tid):
                 out = []
-                for j in range(len(sigs)):
-                    s, ptr, args = sigs[j]
-                    tag = tid + 1
+                for s, _, _ in sigs:
                     r.sync(JITTER)
-                    f = lambda *a, tag=tag: tag
-                    cb = ffi.callback(s, f)
-                    a = [ffi.NULL if x is None else x for x in args]
-                    got = cb(*a)
-                    if got != tag:
-                        raise AssertionError("callback %r of thread %d returned %r" % (s, tid, got))
-                    out.append((ptr, cb))
+                    out.append(ffi.callback(s))
                 return out
 
-            res = r.run(body)
-            for s, ptr, _ in sigs:
+            decorators = r.run(body)
+            for j, (s, ptr, args) in enumerate(sigs):
                 t = ffi.typeof(ptr)
                 check(ffi.typeof(ptr) is t, "ffi.typeof(%r) not stable", ptr)
-                for lst in res:
-                    for p, cb in lst:
-                        if p == ptr:
-                            check(ffi.typeof(cb) is t, "callback of %r has type %r, not %r",
-                                  s, ffi.typeof(cb), t)
-            del res
+                a = [ffi.NULL if x is None else x for x in args]
+                for tid, lst in enumerate(decorators):
+                    cb = lst[j](lambda *_, tag=tid + 1: tag)
+                    got = cb(*a)
+                    check(got == tid + 1, "callback %r of thread %d returned %r", s, tid, got)
+                    check(ffi.typeof(cb) is t, "callback of %r has type %r, not %r",
+                          s, ffi.typeof(cb), t)
+                    del cb
+            del decorators
 
 
 @scenario(25, "s25_api_func_first_call", ["D3"], rounds=50)
