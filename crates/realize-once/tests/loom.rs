@@ -102,6 +102,17 @@ impl Object {
         assert!(!self.lock.is_held_by(me));
         forced
     }
+
+}
+
+/// [`Object::force`] in a new model thread.
+fn force_in_other_thread(
+    object: &Arc<Object>,
+    me: ThreadToken,
+    failing_attempt: usize,
+) -> thread::JoinHandle<Forced<&'static str>> {
+    let object = Arc::clone(object);
+    thread::spawn(move || object.force(me, failing_attempt))
 }
 
 fn token(n: usize) -> ThreadToken {
@@ -114,10 +125,7 @@ const NEVER: usize = usize::MAX;
 fn one_builder_wins_and_every_reader_sees_the_complete_object() {
     loom::model(|| {
         let object = Object::new_lazy();
-        let other = {
-            let object = object.clone();
-            thread::spawn(move || object.force(token(1), NEVER))
-        };
+        let other = force_in_other_thread(&object, token(1), NEVER);
         assert_eq!(object.force(token(0), NEVER), Forced::Done);
         assert_eq!(other.join().unwrap(), Forced::Done);
         assert_eq!(object.builds.load(Ordering::Relaxed), 1);
@@ -128,10 +136,7 @@ fn one_builder_wins_and_every_reader_sees_the_complete_object() {
 fn recursion_by_the_owner_is_reported_while_another_thread_waits() {
     loom::model(|| {
         let object = Object::new_lazy();
-        let other = {
-            let object = object.clone();
-            thread::spawn(move || object.force(token(1), NEVER))
-        };
+        let other = force_in_other_thread(&object, token(1), NEVER);
         let me = token(0);
         let mut inner = None;
         let outer = force(&object.lock, &object.state, me, &ModelRuntime, || {
@@ -152,10 +157,7 @@ fn recursion_by_the_owner_is_reported_while_another_thread_waits() {
 fn a_failed_build_rolls_back_and_a_waiting_thread_builds_it() {
     loom::model(|| {
         let object = Object::new_lazy();
-        let other = {
-            let object = object.clone();
-            thread::spawn(move || object.force(token(1), 0))
-        };
+        let other = force_in_other_thread(&object, token(1), 0);
         let mine = object.force(token(0), 0);
         let theirs = other.join().unwrap();
         // The first attempt fails, whoever makes it; the other thread then builds.
