@@ -7,7 +7,10 @@
 //! - upstream cffi 2.1.1 (on 3.13t built by removing its refusal: forced, unsupported),
 //!
 //! each on 3.13 and 3.13t. Absolute times on shared machines are noise; the ratios taken
-//! within one run are what count. Writes `target/cffi-ft/bench.{json,svg}`.
+//! within one run are what count: per round (the kit's run / the other's run of the same
+//! round), then their median with an order-statistic interval and a verdict against a
+//! threshold (see `Interval`, `Verdict`). Writes `target/cffi-ft/bench.{json,svg}` (the SVG:
+//! the ratio chart first, the absolute ns/op bars below it).
 //!
 //! Layout: `target/cffi-ft/bench/<backend>-py<label>/` (venv, source copy, build.log and
 //! a stamp for vanilla and 2.1.1), `bench/modules/<backend>-py<label>/` (the API-mode and
@@ -57,27 +60,64 @@ pub const OPS: &[(&str, &str)] = &[
     ("gc", "ffi.gc(p, C destructor) + its collection"),
 ];
 
-const MODES: &str = "single,own2,shared2";
+/// The default run: enough rounds that the ratio intervals of single-thread ops are a
+/// few percent wide on a 2-core machine (see `--help`).
+const DEFAULT_ROUNDS: u32 = 90;
+const DEFAULT_SECONDS: f64 = 0.1;
+/// `--quick`: a smoke run; its intervals are wide (75% level with 3 rounds).
+const DEFAULT_THREADED_ROUNDS: u32 = 4;
+const QUICK_ROUNDS: u32 = 3;
+const QUICK_SECONDS: f64 = 0.15;
 
 #[derive(Args)]
 #[command(after_help = "\
 Each round runs every op once in every backend (backend order rotates per round); one run
-is a fresh process measuring three modes: `single` (ns/op: median of ~1 ms batches),
-`own2` (2 threads, each on its own FFI/module/ctypes) and `shared2` (2 threads, same
-objects). Reported: ns_per_op = min over rounds (ns_median too), scale2_own/_shared = the
-median over rounds of 2-thread throughput / 1-thread throughput. On GIL builds scaling is
-expected at or below 1.
+is a fresh process measuring `single` (ns/op: median of ~1 ms batches) and, in the
+threaded rounds, `own2` (2 threads, each on its own FFI/module/ctypes) and `shared2`
+(2 threads, same objects).
+
+Ratios: in each round, kit ns/op / other ns/op of the two runs of that round (same op,
+same interpreter, seconds apart; each run's fastest ~1 ms batch), for the kit against the
+previous step measured, vanilla 1.17.1 and 2.1.1. Reported: the median of these per-round
+ratios and a distribution-free interval of that median (order statistics, binomial
+coverage of 95% or more: 90 rounds give [x_36, x_55] of the sorted ratios; 3 rounds only
+min..max at 75%), with a verdict: `regression` when the whole interval is above
+1 + --threshold (5%), `inconclusive` when only part of it is, `faster` when it is wholly
+below 1 / (1 + threshold), else `ok`. Regressions and speed-ups need an interval level of
+90% (5 rounds), so --quick never reports one. Each step is judged against its baseline:
+the previous step measured, or vanilla for the first.
+
+Modes: the default (90 rounds of 0.1 s, the 2-thread modes in 4 of them) is for
+verdicts. Many short rounds, because on a shared 2-core VM the noise is per process (a
+fresh process settles 3-10% faster or slower than the next and stays there), so only more
+processes narrow the interval; longer runs do not. Steps 0 and 1 (8 backends) took
+31.5 min on a shared 2-core VM (load average 5.2 at the start); the widths
+(hi - lo) / median of its 150 single-thread intervals: median 2.4%, 71% at or below 3%,
+max 6.2%. Each further step adds 2 backends (about 8 min). --quick (3 rounds of 0.15 s,
+all threaded; about 3.5 min) is a smoke run: its intervals are 10-15% wide, too wide for
+verdicts.
+
+Also reported: ns_per_op = min over rounds (ns_median too), scale2_own/_shared = the
+median over the threaded rounds of 2-thread throughput / 1-thread throughput of the same
+run. On GIL builds scaling is expected at or below 1.
 
 Backends: kit-stepN (the test-upstream cells, reused when newer than their inputs),
 vanilla-1.17.1 (unpatched; on 3.13t run with PYTHON_GIL=0: unsafe, the speed floor) and
 upstream-2.1.1 (its sdist, sha256-pinned; on 3.13t its setup.py refusal is removed:
 forced, unsupported upstream). Their venvs live in target/cffi-ft/bench/ and are reused.
 
-Output: the tables on stdout, target/cffi-ft/bench.json and target/cffi-ft/bench.svg.
-Exit status: 0 measured; 1 a kit backend failed to build or gave no single-thread number
-for some op; 2 bad input. Errors and crashes in 2-thread runs are reported, not fatal
-(step 0 keeps the hazards). Run it on an idle machine: a load average above half the CPU
-count gets a warning.")]
+Output: the tables on stdout (ns/op; per kit backend its ratios [interval] with R for a
+regression and ? for inconclusive; the verdicts; the spread of the intervals; 2-thread
+scaling) and the elapsed time; target/cffi-ft/bench.json (per op and kit backend:
+`ratios` with ratio, lo, hi, level, spread, verdict, per_round; `verdicts` per kit
+backend) and target/cffi-ft/bench.svg: first the ratio chart (a panel per step, a plot
+per interpreter, a dot per comparison at the median ratio with whiskers over its
+interval, a line at 1 and the threshold band), below it the absolute ns/op bars.
+Exit status: 0 measured (regressions are reported, not fatal: compare on a quiet
+machine); 1 a kit backend failed to build or gave no single-thread number for some op;
+2 bad input. Errors and crashes in 2-thread runs are reported, not fatal (step 0 keeps the
+hazards). Run it on an idle machine: a load average above half the CPU count gets a
+warning.")]
 pub struct BenchArgs {
     /// Kit steps to measure: comma-separated numbers, `latest` or `all` (default: all).
     #[arg(long, value_name = "LIST")]
@@ -86,14 +126,15 @@ pub struct BenchArgs {
     /// builds (repeatable).
     #[arg(long = "python", value_name = "PATH")]
     pythons: Vec<PathBuf>,
-    /// A short run: 3 rounds of 0.15 s per mode (step 0, both interpreters, all backends:
-    /// a few minutes once built) instead of 5 rounds of 0.5 s.
+    /// A smoke run: 3 rounds of 0.15 s per mode, all with the 2-thread modes (steps 0 and
+    /// 1, both interpreters, all backends: about 3-4 minutes once built) instead of 90
+    /// rounds of 0.1 s. Its intervals are too wide for verdicts.
     #[arg(long)]
     quick: bool,
-    /// Rounds over all backends (default: 5, with --quick 3).
+    /// Rounds over all backends (default: 90, with --quick 3).
     #[arg(long, value_name = "N")]
     rounds: Option<u32>,
-    /// Measuring time per mode and run, in seconds (default: 0.5, with --quick 0.15).
+    /// Measuring time per mode and run, in seconds (default: 0.1, with --quick 0.15).
     #[arg(long, value_name = "S")]
     seconds: Option<f64>,
     /// Operations, comma-separated (default: all): typeof_hit, new_pointer_type,
@@ -105,6 +146,14 @@ pub struct BenchArgs {
     /// Backends, comma-separated: kit, vanilla, upstream.
     #[arg(long, value_name = "LIST", default_value = "kit,vanilla,upstream")]
     backends: String,
+    /// Of the rounds, how many also run the 2-thread modes (default: 4; with --quick all),
+    /// spread evenly; the others measure the single thread only.
+    #[arg(long, value_name = "N")]
+    threaded_rounds: Option<u32>,
+    /// Regression threshold in percent: an op regresses when the whole interval of its
+    /// ratio to the step's baseline is above 1 + PCT/100 (default: 5).
+    #[arg(long, value_name = "PCT")]
+    threshold: Option<f64>,
     /// Backends built at the same time (default: 2, at most the CPU count).
     #[arg(long, value_name = "N")]
     jobs: Option<usize>,
@@ -127,14 +176,6 @@ impl Family {
             Family::Kit(step) => format!("kit-step{step}"),
             Family::Vanilla => format!("vanilla-{KIT_CFFI}"),
             Family::Upstream => format!("upstream-{UPSTREAM_VERSION}"),
-        }
-    }
-
-    fn short(self) -> String {
-        match self {
-            Family::Kit(step) => format!("kit{step}"),
-            Family::Vanilla => "vanilla".into(),
-            Family::Upstream => UPSTREAM_VERSION.into(),
         }
     }
 }
@@ -176,6 +217,11 @@ impl BackendSpec {
         } else {
             ""
         }
+    }
+
+    /// "kit-step1 3.13.5t", "vanilla-1.17.1 3.13.5t*": the label without the notes.
+    pub fn label_short(&self) -> String {
+        format!("{} {}{}", self.family.name(), self.py_label(), self.marker())
     }
 
     pub fn label(&self) -> String {
@@ -411,6 +457,8 @@ pub enum ModeResult {
     Ok { ns: f64, throughput: f64 },
     Skipped,
     Failed(String),
+    /// Not asked for in this run (the 2-thread modes run in some rounds only).
+    NotRun,
 }
 
 /// One process: one op in one backend, three modes.
@@ -419,6 +467,8 @@ pub struct Run {
     pub single: ModeResult,
     pub own2: ModeResult,
     pub shared2: ModeResult,
+    /// Single thread: the run's fastest ~1 ms batch, ns/op.
+    pub single_best: Option<f64>,
     pub gil_enabled: Option<bool>,
 }
 
@@ -426,19 +476,28 @@ pub struct Run {
 struct ModeLine {
     mode: String,
     ns_per_op: Option<f64>,
+    ns_min: Option<f64>,
     throughput: Option<f64>,
     error: Option<String>,
     skipped: Option<String>,
     gil_enabled: Option<bool>,
 }
 
-/// Turns the JSON lines of one run into a Run; modes without a line failed with
-/// `missing` (how the process ended).
-pub fn parse_run(stdout: &str, missing: &str) -> Run {
+/// Turns the JSON lines of one run into a Run; the `asked` modes without a line failed
+/// with `missing` (how the process ended), the others did not run.
+pub fn parse_run(stdout: &str, missing: &str, asked: &[&str]) -> Run {
+    let initial = |mode: &str| {
+        if asked.contains(&mode) {
+            ModeResult::Failed(missing.to_string())
+        } else {
+            ModeResult::NotRun
+        }
+    };
     let mut run = Run {
-        single: ModeResult::Failed(missing.to_string()),
-        own2: ModeResult::Failed(missing.to_string()),
-        shared2: ModeResult::Failed(missing.to_string()),
+        single: initial("single"),
+        own2: initial("own2"),
+        shared2: initial("shared2"),
+        single_best: None,
         gil_enabled: None,
     };
     for line in stdout.lines() {
@@ -453,7 +512,12 @@ pub fn parse_run(stdout: &str, missing: &str) -> Run {
             run.gil_enabled = Some(run.gil_enabled.unwrap_or(false) || l.gil_enabled == Some(true));
         }
         match l.mode.as_str() {
-            "single" => run.single = result,
+            "single" => {
+                if matches!(result, ModeResult::Ok { .. }) {
+                    run.single_best = l.ns_min.filter(|x| *x > 0.0 && x.is_finite());
+                }
+                run.single = result
+            }
             "own2" => run.own2 = result,
             "shared2" => run.shared2 = result,
             _ => {}
@@ -468,7 +532,10 @@ pub struct Agg {
     /// min over runs of each run's median ns/op (single thread); the headline number.
     pub ns_min: Option<f64>,
     pub ns_median: Option<f64>,
+    /// Per round: the run's median ns/op (single thread); None where it failed.
     pub ns_runs: Vec<Option<f64>>,
+    /// Per round: the run's fastest batch, ns/op.
+    pub ns_best_runs: Vec<Option<f64>>,
     /// median over runs of (2-thread throughput / 1-thread throughput of the same run).
     pub scale2_own: Option<f64>,
     pub scale2_shared: Option<f64>,
@@ -516,11 +583,12 @@ pub fn aggregate(runs: &[Run]) -> Agg {
                 note(&mut agg, "single", e);
                 None
             }
-            ModeResult::Skipped => {
+            ModeResult::Skipped | ModeResult::NotRun => {
                 agg.ns_runs.push(None);
                 None
             }
         };
+        agg.ns_best_runs.push(if thr1.is_some() { run.single_best } else { None });
         for (mode, result) in [("own2", &run.own2), ("shared2", &run.shared2)] {
             let scale = match result {
                 ModeResult::Ok { throughput, .. } => thr1.map(|t1| throughput / t1),
@@ -539,6 +607,7 @@ pub fn aggregate(runs: &[Run]) -> Agg {
                     }
                     None
                 }
+                ModeResult::NotRun => None,
             };
             if mode == "own2" {
                 agg.scale2_own_runs.push(scale);
@@ -581,20 +650,309 @@ pub struct Summary {
     pub aggs: Vec<Vec<Agg>>,
     pub rounds: u32,
     pub seconds: f64,
+    /// The regression criterion as a fraction (0.05: a ratio above 1.05).
+    pub threshold: f64,
 }
 
-/// For each kit column on a free-threaded build: (kit index, vanilla-t index, 2.1.1-t
-/// index) with the same Python version.
-pub fn kit_t_comparisons(backends: &[BackendSpec]) -> Vec<(usize, Option<usize>, Option<usize>)> {
-    let find = |family: Family, python: &str| {
-        backends.iter().position(|b| b.family == family && b.python == python && b.free_threaded)
-    };
-    backends
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| matches!(b.family, Family::Kit(_)) && b.free_threaded)
-        .map(|(i, b)| (i, find(Family::Vanilla, &b.python), find(Family::Upstream, &b.python)))
+// ---------------------------------------------------------------------------------------
+// Ratios per round, their intervals and verdicts (Python-free, unit-tested)
+//
+// A round runs every backend once per op, one after the other (order rotated per round),
+// so the kit's run and the other backend's run of the same round shared the machine's
+// state of those few seconds: their quotient is one paired sample of the ratio. Over the
+// rounds we report the median of these per-round ratios and a distribution-free
+// confidence interval of that median from order statistics: [x_(k), x_(n+1-k)] covers the
+// true median with probability P(k <= B <= n-k), B ~ Binomial(n, 1/2); k is the largest
+// rank that keeps this at CI_LEVEL or more (min..max when none does, with its smaller
+// level reported).
+
+/// The coverage the ratio intervals aim at.
+pub const CI_LEVEL: f64 = 0.95;
+
+/// The regression threshold when --threshold is not given (5%: how the steps are judged).
+pub const DEFAULT_THRESHOLD_PCT: f64 = 5.0;
+
+/// P(k <= B <= n - k) for B ~ Binomial(n, 1/2): how often [x_(k), x_(n+1-k)] of n
+/// samples covers their distribution's median. 0 when the interval does not exist.
+pub fn order_stat_coverage(n: usize, k: usize) -> f64 {
+    if k == 0 || 2 * k > n {
+        return 0.0;
+    }
+    let ln_2n = n as f64 * std::f64::consts::LN_2;
+    let mut ln_binom = 0.0; // ln C(n, i)
+    let mut tail = 0.0; // P(B < k)
+    for i in 0..k {
+        tail += (ln_binom - ln_2n).exp();
+        ln_binom += ((n - i) as f64).ln() - ((i + 1) as f64).ln();
+    }
+    (1.0 - 2.0 * tail).clamp(0.0, 1.0)
+}
+
+/// The rank k (1-based) of the interval [x_(k), x_(n+1-k)]: the largest k whose coverage
+/// is at least `level`, or 1 (min..max) when none is.
+pub fn median_ci_rank(n: usize, level: f64) -> usize {
+    let mut k = 1;
+    while 2 * (k + 1) <= n && order_stat_coverage(n, k + 1) >= level {
+        k += 1;
+    }
+    k
+}
+
+/// The coverage of the interval used for n samples (n rounds).
+pub fn interval_level(n: usize) -> f64 {
+    order_stat_coverage(n, median_ci_rank(n, CI_LEVEL))
+}
+
+/// A median with its confidence interval.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Interval {
+    pub median: f64,
+    pub lo: f64,
+    pub hi: f64,
+    /// Coverage of [lo, hi] as an interval of the median (order statistics).
+    pub level: f64,
+    /// Samples (rounds) it is made of.
+    pub n: usize,
+}
+
+impl Interval {
+    /// Over the finite values; None when there are none.
+    pub fn of(values: &[f64]) -> Option<Interval> {
+        let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+        let n = v.len();
+        let k = median_ci_rank(n, CI_LEVEL);
+        Some(Interval {
+            median: median(&v).expect("not empty"),
+            lo: v[k - 1],
+            hi: v[n - k],
+            level: order_stat_coverage(n, k),
+            n,
+        })
+    }
+
+    /// (hi - lo) / median: the interval's full width relative to the ratio.
+    pub fn spread(&self) -> f64 {
+        if self.median > 0.0 {
+            (self.hi - self.lo) / self.median
+        } else {
+            f64::INFINITY
+        }
+    }
+}
+
+/// What a ratio interval says against a threshold t (a fraction).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// The whole interval is above 1 + t: slower beyond the threshold.
+    Regression,
+    /// The interval reaches above 1 + t but not all of it, or it is above but its level
+    /// is under MIN_VERDICT_LEVEL (fewer than 5 rounds): cannot tell.
+    Inconclusive,
+    /// The whole interval is at or below 1 + t: no regression beyond the threshold.
+    Ok,
+    /// The whole interval is below 1 / (1 + t) (at MIN_VERDICT_LEVEL or more): faster
+    /// beyond the threshold.
+    Faster,
+}
+
+/// The least interval level that may call a regression (or a speed-up): 5 rounds give
+/// 94%, 3 rounds (--quick) only 75%, so a smoke run never reports a regression.
+pub const MIN_VERDICT_LEVEL: f64 = 0.9;
+
+impl Verdict {
+    pub fn of(iv: &Interval, threshold: f64) -> Verdict {
+        let up = 1.0 + threshold;
+        let sure = iv.level >= MIN_VERDICT_LEVEL;
+        if iv.hi > up {
+            if iv.lo > up && sure {
+                Verdict::Regression
+            } else {
+                Verdict::Inconclusive
+            }
+        } else if iv.hi < 1.0 / up && sure {
+            Verdict::Faster
+        } else {
+            Verdict::Ok
+        }
+    }
+
+    /// The table's mark after a ratio cell.
+    fn mark(self) -> &'static str {
+        match self {
+            Verdict::Regression => "R",
+            Verdict::Inconclusive => "?",
+            Verdict::Ok | Verdict::Faster => "",
+        }
+    }
+}
+
+/// Round by round: a[r] / b[r] where both are known.
+pub fn round_ratios(a: &[Option<f64>], b: &[Option<f64>]) -> Vec<Option<f64>> {
+    a.iter().zip(b).map(|(x, y)| ratio(*x, *y)).collect()
+}
+
+/// Per round, the geometric mean of the ops' ratios; only rounds where every op has one.
+pub fn round_geomeans(per_op: &[Vec<Option<f64>>]) -> Vec<Option<f64>> {
+    let rounds = per_op.iter().map(Vec::len).max().unwrap_or(0);
+    (0..rounds)
+        .map(|r| {
+            let v: Option<Vec<f64>> = per_op.iter().map(|row| row.get(r).copied().flatten()).collect();
+            v.filter(|v| !v.is_empty()).and_then(|v| geomean(&v))
+        })
         .collect()
+}
+
+/// What a kit backend is compared with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Against {
+    /// The nearest lower kit step measured on the same interpreter.
+    PrevStep(u32),
+    Vanilla,
+    Upstream,
+}
+
+impl Against {
+    fn key(self) -> &'static str {
+        match self {
+            Against::PrevStep(_) => "previous_step",
+            Against::Vanilla => "vanilla",
+            Against::Upstream => "upstream",
+        }
+    }
+}
+
+/// kit / other on the same interpreter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Comparison {
+    pub kit: usize,
+    pub other: usize,
+    pub against: Against,
+    /// The comparison the step is judged by: the previous step, or vanilla for the
+    /// first step measured.
+    pub baseline: bool,
+}
+
+/// For every kit backend, in column order: vs the previous measured step, vs vanilla,
+/// vs 2.1.1, each on the same interpreter, where measured.
+pub fn comparisons(backends: &[BackendSpec]) -> Vec<Comparison> {
+    let same = |a: &BackendSpec, b: &BackendSpec| a.python == b.python && a.free_threaded == b.free_threaded;
+    let mut out = Vec::new();
+    for (k, kb) in backends.iter().enumerate() {
+        let Family::Kit(step) = kb.family else { continue };
+        let prev = backends
+            .iter()
+            .enumerate()
+            .filter_map(|(j, b)| match b.family {
+                Family::Kit(s) if s < step && same(b, kb) => Some((s, j)),
+                _ => None,
+            })
+            .max();
+        let find = |family| backends.iter().position(|b| b.family == family && same(b, kb));
+        let mut mine = Vec::new();
+        if let Some((s, j)) = prev {
+            mine.push(Comparison { kit: k, other: j, against: Against::PrevStep(s), baseline: false });
+        }
+        if let Some(j) = find(Family::Vanilla) {
+            mine.push(Comparison { kit: k, other: j, against: Against::Vanilla, baseline: false });
+        }
+        if let Some(j) = find(Family::Upstream) {
+            mine.push(Comparison { kit: k, other: j, against: Against::Upstream, baseline: false });
+        }
+        if let Some(first) = mine.first_mut() {
+            first.baseline = first.against != Against::Upstream;
+        }
+        out.extend(mine);
+    }
+    out
+}
+
+/// One comparison on one op (or on the geomean of all ops: op None).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RatioStat {
+    pub per_round: Vec<Option<f64>>,
+    pub interval: Option<Interval>,
+    pub verdict: Option<Verdict>,
+}
+
+impl RatioStat {
+    fn new(per_round: Vec<Option<f64>>, threshold: f64) -> RatioStat {
+        let interval = Interval::of(&per_round.iter().flatten().copied().collect::<Vec<_>>());
+        let verdict = interval.as_ref().map(|iv| Verdict::of(iv, threshold));
+        RatioStat { per_round, interval, verdict }
+    }
+}
+
+impl Summary {
+    /// The single-thread ratio of a comparison on op `oi`, round by round from each run's
+    /// fastest batch (less noisy than the run's median on a shared machine: a batch that
+    /// was preempted or disturbed only ever gets slower).
+    pub fn ratio_stat(&self, c: &Comparison, oi: usize) -> RatioStat {
+        RatioStat::new(round_ratios(&self.aggs[oi][c.kit].ns_best_runs, &self.aggs[oi][c.other].ns_best_runs), self.threshold)
+    }
+
+    /// The per-round geometric mean over all ops of a comparison.
+    pub fn geomean_stat(&self, c: &Comparison) -> RatioStat {
+        let per_op: Vec<Vec<Option<f64>>> = (0..self.ops.len()).map(|oi| self.ratio_stat(c, oi).per_round).collect();
+        RatioStat::new(round_geomeans(&per_op), self.threshold)
+    }
+
+    /// The label of a comparison's denominator: "kit-step0 3.13.5t", "vanilla 3.13.5t*".
+    fn other_label(&self, c: &Comparison) -> String {
+        let b = &self.backends[c.other];
+        let name = match b.family {
+            Family::Kit(step) => format!("kit-step{step}"),
+            Family::Vanilla => "vanilla".into(),
+            Family::Upstream => UPSTREAM_VERSION.into(),
+        };
+        format!("{name} {}{}", b.py_label(), b.marker())
+    }
+}
+
+/// The spread of all single-thread ratio intervals: (median, max, where the max is).
+pub fn spread_summary(s: &Summary) -> Option<(f64, f64, String)> {
+    let mut all: Vec<(f64, String)> = Vec::new();
+    for c in comparisons(&s.backends) {
+        for (oi, op) in s.ops.iter().enumerate() {
+            if let Some(iv) = s.ratio_stat(&c, oi).interval {
+                let where_ = format!("{op}, {} / {}", s.backends[c.kit].label_short(), s.other_label(&c));
+                all.push((iv.spread(), where_));
+            }
+        }
+    }
+    let med = median(&all.iter().map(|x| x.0).collect::<Vec<_>>())?;
+    let (max, at) = all.into_iter().max_by(|a, b| a.0.total_cmp(&b.0))?;
+    Some((med, max, at))
+}
+
+fn fmt_ratio(x: f64) -> String {
+    if x < 0.1 {
+        format!("{x:.3}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+/// "1.02 [0.99, 1.04]" and the verdict's mark.
+fn ratio_cell(st: &RatioStat) -> String {
+    match &st.interval {
+        Some(iv) => format!(
+            "{} [{}, {}]{}",
+            fmt_ratio(iv.median),
+            fmt_ratio(iv.lo),
+            fmt_ratio(iv.hi),
+            st.verdict.map(Verdict::mark).unwrap_or("")
+        ),
+        None => "-".into(),
+    }
+}
+
+fn pct(x: f64) -> String {
+    format!("{:+.1}%", (x - 1.0) * 100.0)
 }
 
 fn fmt_ns(x: f64) -> String {
@@ -605,10 +963,6 @@ fn fmt_ns(x: f64) -> String {
     } else {
         format!("{x:.0}")
     }
-}
-
-fn fmt_opt(x: Option<f64>, digits: usize) -> String {
-    x.map(|v| format!("{v:.digits$}")).unwrap_or_else(|| "-".into())
 }
 
 fn ns_cell(a: &Agg) -> String {
@@ -631,13 +985,16 @@ fn scale_part(v: Option<f64>, failed: usize, skipped: bool) -> String {
 }
 
 const W: usize = 11;
+/// Width of a ratio cell, "0.66 [0.64, 0.68]R".
+const RW: usize = 20;
 
-/// The ns/op table (with the kit-t ratios) and the 2-thread scaling table.
+/// The ns/op table, the ratio tables (one per kit backend, with intervals and verdicts),
+/// the verdicts against each step's baseline and the 2-thread scaling table.
 pub fn render_table(s: &Summary) -> String {
     let opw = s.ops.iter().map(|o| o.len()).max().unwrap_or(2).max(8) + 2;
-    let comps = kit_t_comparisons(&s.backends);
+    let comps = comparisons(&s.backends);
     let mut out = String::new();
-    let header = |out: &mut String, extra: &[(String, String)]| {
+    let header = |out: &mut String| {
         let mut l1 = format!("{:<opw$}", "op");
         let mut l2 = format!("{:<opw$}", "");
         for b in &s.backends {
@@ -649,14 +1006,6 @@ pub fn render_table(s: &Summary) -> String {
             let _ = write!(l1, " {name:>W$}");
             let _ = write!(l2, " {:>W$}", format!("{}{}", b.py_label(), b.marker()));
         }
-        if !extra.is_empty() {
-            l1.push_str(" |");
-            l2.push_str(" |");
-        }
-        for (a, b) in extra {
-            let _ = write!(l1, " {a:>W$}");
-            let _ = write!(l2, " {b:>W$}");
-        }
         let _ = writeln!(out, "{}\n{}", l1.trim_end(), l2.trim_end());
     };
 
@@ -665,56 +1014,115 @@ pub fn render_table(s: &Summary) -> String {
         "ns/op, single thread (min over {} round(s) of each run's median over {} s; lower is better)",
         s.rounds, s.seconds
     );
-    let mut extra = Vec::new();
-    for &(k, v, u) in &comps {
-        let short = s.backends[k].family.short();
-        if v.is_some() {
-            extra.push((format!("{short} t /"), "vanilla t".to_string()));
-        }
-        if u.is_some() {
-            extra.push((format!("{short} t /"), format!("{UPSTREAM_VERSION} t")));
-        }
-    }
-    header(&mut out, &extra);
-    let mut ratio_cols: Vec<Vec<f64>> = vec![Vec::new(); extra.len()];
+    header(&mut out);
     for (oi, op) in s.ops.iter().enumerate() {
         let mut line = format!("{op:<opw$}");
         for a in &s.aggs[oi] {
             let _ = write!(line, " {:>W$}", ns_cell(a));
         }
-        if !extra.is_empty() {
-            line.push_str(" |");
-        }
-        let mut col = 0;
-        for &(k, v, u) in &comps {
-            for other in [v, u].into_iter().flatten() {
-                let r = ratio(s.aggs[oi][k].ns_min, s.aggs[oi][other].ns_min);
-                if let Some(r) = r {
-                    ratio_cols[col].push(r);
-                }
-                let _ = write!(line, " {:>W$}", fmt_opt(r, 2));
-                col += 1;
-            }
-        }
         let _ = writeln!(out, "{}", line.trim_end());
     }
-    if !extra.is_empty() {
-        let mut line = format!("{:<opw$}", "geomean");
-        for _ in &s.backends {
-            let _ = write!(line, " {:>W$}", "");
+
+    let up = 1.0 + s.threshold;
+    let mut verdict_lines = Vec::new();
+    let kits: Vec<usize> = {
+        let mut v: Vec<usize> = comps.iter().map(|c| c.kit).collect();
+        v.dedup();
+        v
+    };
+    if !kits.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nratio = kit ns/op / other ns/op, single thread, same interpreter, per round from each run's fastest ~1 ms batch: \
+             median of the per-round ratios [{:.0}% interval of the median over {} round(s)]; below 1: the kit is faster.\n\
+             R: the whole interval is above {up:.2} (slower by more than {:.0}%); ?: the interval reaches above {up:.2}",
+            interval_level(s.rounds as usize) * 100.0,
+            s.rounds,
+            s.threshold * 100.0
+        );
+    }
+    for &k in &kits {
+        let mine: Vec<&Comparison> = comps.iter().filter(|c| c.kit == k).collect();
+        let mut l1 = format!("{:<opw$}", s.backends[k].label_short());
+        for c in &mine {
+            let _ = write!(l1, " {:<RW$}", format!("/ {}", s.other_label(c)));
         }
-        line.push_str(" |");
-        for col in &ratio_cols {
-            let _ = write!(line, " {:>W$}", fmt_opt(geomean(col), 2));
+        let _ = writeln!(out, "\n{}", l1.trim_end());
+        for (oi, op) in s.ops.iter().enumerate() {
+            let mut line = format!("{op:<opw$}");
+            for c in &mine {
+                let _ = write!(line, " {:<RW$}", ratio_cell(&s.ratio_stat(c, oi)));
+            }
+            let _ = writeln!(out, "{}", line.trim_end());
+        }
+        let mut line = format!("{:<opw$}", "geomean");
+        for c in &mine {
+            let _ = write!(line, " {:<RW$}", ratio_cell(&s.geomean_stat(c)));
         }
         let _ = writeln!(out, "{}", line.trim_end());
+
+        if let Some(c) = mine.iter().find(|c| c.baseline) {
+            let mut by: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
+            let mut unknown = 0;
+            for (oi, op) in s.ops.iter().enumerate() {
+                let st = s.ratio_stat(c, oi);
+                let (Some(iv), Some(v)) = (&st.interval, st.verdict) else {
+                    unknown += 1;
+                    continue;
+                };
+                let what = format!("{op} {} [{}, {}]", pct(iv.median), pct(iv.lo), pct(iv.hi));
+                match v {
+                    Verdict::Regression => by.entry("regression").or_default().push(what),
+                    Verdict::Inconclusive => by.entry("inconclusive").or_default().push(what),
+                    Verdict::Faster => by.entry("faster").or_default().push(op.clone()),
+                    Verdict::Ok => {}
+                }
+            }
+            let mut line = format!("{} vs {}: ", s.backends[k].label_short(), s.other_label(c));
+            match by.get("regression") {
+                Some(r) => {
+                    let _ = write!(line, "REGRESSION beyond {:.0}%: {}", s.threshold * 100.0, r.join(", "));
+                }
+                None => {
+                    let _ = write!(line, "no op regresses beyond {:.0}%", s.threshold * 100.0);
+                }
+            }
+            if let Some(r) = by.get("inconclusive") {
+                let _ = write!(line, "; inconclusive: {}", r.join(", "));
+            }
+            if let Some(r) = by.get("faster") {
+                let _ = write!(line, "; faster: {}", r.join(", "));
+            }
+            if unknown > 0 {
+                let _ = write!(line, "; {unknown} op(s) without a ratio");
+            }
+            verdict_lines.push(line);
+        }
+    }
+    if !verdict_lines.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nverdicts (each step against the previous step measured, or vanilla when it is the first; \
+             change of ns/op [interval]):"
+        );
+        for l in verdict_lines {
+            let _ = writeln!(out, "  {l}");
+        }
+    }
+    if let Some((med, max, at)) = spread_summary(s) {
+        let _ = writeln!(
+            out,
+            "spread of the ratio intervals ((hi - lo) / median): median {:.1}%, max {:.1}% ({at})",
+            med * 100.0,
+            max * 100.0
+        );
     }
 
     let _ = writeln!(
         out,
         "\n2-thread throughput / 1-thread throughput, own objects / shared objects (median over rounds)"
     );
-    header(&mut out, &[]);
+    header(&mut out);
     for (oi, op) in s.ops.iter().enumerate() {
         let mut line = format!("{op:<opw$}");
         for a in &s.aggs[oi] {
@@ -737,9 +1145,6 @@ pub fn render_table(s: &Summary) -> String {
             "!  cffi {UPSTREAM_VERSION} on free-threaded 3.13, built by removing its setup.py refusal: forced, unsupported upstream"
         ));
     }
-    if !comps.is_empty() {
-        notes.push("ratios: the kit's t ns/op divided by the other t ns/op (below 1: the kit is faster)".into());
-    }
     notes.push("ERR: every run failed; ~: some runs failed; n/a: no shared objects (see bench.json for the errors)".into());
     for (bi, b) in s.backends.iter().enumerate() {
         if b.free_threaded && s.aggs.iter().any(|row| row[bi].gil_enabled == Some(true)) {
@@ -755,6 +1160,394 @@ pub fn render_table(s: &Summary) -> String {
 
 // ---------------------------------------------------------------------------------------
 // The chart
+
+/// Text for SVG.
+fn esc(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// bench.svg: the ratio chart first, the absolute chart below it, in one document.
+pub fn render_svg(s: &Summary, path: &Path, subtitle: &str) -> Result<()> {
+    let (ratio, rw, rh) = ratio_chart(s, subtitle);
+    let (abs, aw, ah) = absolute_chart(s, subtitle)?;
+    let gap = 30;
+    let (width, height) = (rw.max(aw), rh + gap + ah);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" \
+         font-family=\"sans-serif\">\n<rect x=\"0\" y=\"0\" width=\"{width}\" height=\"{height}\" fill=\"white\"/>\n"
+    );
+    svg.push_str(&ratio);
+    let _ = writeln!(
+        svg,
+        "<line x1=\"0\" y1=\"{y}\" x2=\"{width}\" y2=\"{y}\" stroke=\"#999\" stroke-width=\"1\"/>",
+        y = rh + gap / 2
+    );
+    // plotters writes a whole document; nested, it becomes the lower part
+    let abs = abs.trim_start_matches(|c: char| c != '<');
+    let nested = abs.strip_prefix("<svg ").map(|rest| format!("<svg x=\"0\" y=\"{}\" {rest}", rh + gap));
+    svg.push_str(&nested.context("the absolute chart is not an <svg> document")?);
+    svg.push_str("\n</svg>\n");
+    util::write_atomic(path, svg.as_bytes())
+}
+
+/// Colours of the comparisons and the verdicts.
+fn against_color(a: Against) -> &'static str {
+    match a {
+        Against::PrevStep(_) => "#1f5fb4",
+        Against::Vanilla => "#555555",
+        Against::Upstream => "#dd7711",
+    }
+}
+
+fn verdict_color(v: Option<Verdict>) -> &'static str {
+    match v {
+        Some(Verdict::Regression) => "#c0392b",
+        Some(Verdict::Inconclusive) => "#b9770e",
+        Some(Verdict::Faster) => "#1e8449",
+        _ => "#333333",
+    }
+}
+
+/// The log-scale x axis of the ratio chart: [lo, hi] on [x0, x0 + w].
+struct RatioAxis {
+    lo: f64,
+    hi: f64,
+    x0: f64,
+    w: f64,
+}
+
+impl RatioAxis {
+    /// The range: every interval, clamped to [0.5, 2] so that a few percent stay visible
+    /// (beyond: a triangle and the value at the edge), never narrower than the band.
+    fn range(values: &[f64], threshold: f64) -> (f64, f64) {
+        let up = 1.0 + threshold;
+        let lo = values.iter().copied().fold(1.0 / up, f64::min) / 1.03;
+        let hi = values.iter().copied().fold(up, f64::max) * 1.03;
+        (lo.clamp(0.5, 0.9), hi.clamp(1.1, 2.0))
+    }
+
+    fn x(&self, v: f64) -> f64 {
+        let v = v.clamp(self.lo, self.hi);
+        self.x0 + (v / self.lo).ln() / (self.hi / self.lo).ln() * self.w
+    }
+
+    /// Tick values at least `min_px` apart: 1, then rounder values before others.
+    fn ticks(&self, min_px: f64) -> Vec<f64> {
+        const BY_PRIORITY: &[f64] = &[
+            1.0, 0.5, 2.0, 0.25, 4.0, 0.8, 1.25, 0.9, 1.1, 1.5, 0.95, 1.05, 0.6, 0.7, 0.3, 0.4, 1.2, 1.3, 3.0, 2.5,
+            0.85, 1.75,
+        ];
+        let mut out: Vec<f64> = Vec::new();
+        for &v in BY_PRIORITY {
+            if v >= self.lo && v <= self.hi && out.iter().all(|&t| (self.x(t) - self.x(v)).abs() >= min_px) {
+                out.push(v);
+            }
+        }
+        out.sort_by(|a, b| a.total_cmp(b));
+        out
+    }
+}
+
+fn fmt_tick(v: f64) -> String {
+    let t = format!("{v:.2}");
+    t.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// The first picture: for each kit step a panel, in it one plot per interpreter
+/// (free-threaded first), one row per op (and the geomean) with kit / other for each
+/// comparison: a dot at the median per-round ratio, whiskers over its interval, a line
+/// at 1.0 and the threshold band. Right of each plot: the change against the step's
+/// baseline, coloured by its verdict. Returns the SVG elements and their size.
+pub fn ratio_chart(s: &Summary, subtitle: &str) -> (String, u32, u32) {
+    const LX: f64 = 190.0; // op labels end here
+    const PW: f64 = 420.0; // width of one plot
+    const GAP: f64 = 120.0; // between plots: the verdict text of the left one
+    const SUB: f64 = 12.0; // between the series of one row
+    let comps = comparisons(&s.backends);
+    let up = 1.0 + s.threshold;
+    let level = interval_level(s.rounds as usize);
+    let mut out = String::new();
+    let width = (LX + 2.0 * PW + GAP + 110.0) as u32;
+    let _ = writeln!(
+        out,
+        "<text x=\"12\" y=\"26\" font-size=\"19\" font-weight=\"bold\">cffi-ft bench: kit ns/op divided by another \
+         backend's, single thread, same interpreter</text>\n\
+         <text x=\"12\" y=\"46\" font-size=\"13\" fill=\"#444\">{}</text>",
+        esc(&format!(
+            "{subtitle}; dot: median of the per-round ratios; whiskers: its {:.0}% interval over {} rounds (order statistics)",
+            level * 100.0,
+            s.rounds
+        ))
+    );
+    if comps.is_empty() {
+        let _ = writeln!(
+            out,
+            "<text x=\"12\" y=\"80\" font-size=\"14\">no ratios: measure a kit step together with vanilla or {UPSTREAM_VERSION} \
+             (--backends kit,vanilla,upstream)</text>"
+        );
+        return (out, width, 100);
+    }
+
+    // legend
+    let mut lx = 12.0;
+    let ly = 70.0;
+    let prev_name = "the previous step";
+    let items: Vec<(String, String)> = [
+        (Against::PrevStep(0), format!("vs {prev_name}")),
+        (Against::Vanilla, format!("vs vanilla {KIT_CFFI} (on t: PYTHON_GIL=0, unsafe)")),
+        (Against::Upstream, format!("vs {UPSTREAM_VERSION} (on t: forced, unsupported)")),
+    ]
+    .into_iter()
+    .filter(|(a, _)| comps.iter().any(|c| std::mem::discriminant(&c.against) == std::mem::discriminant(a)))
+    .map(|(a, t)| (against_color(a).to_string(), t))
+    .collect();
+    for (color, text) in &items {
+        let _ = writeln!(
+            out,
+            "<line x1=\"{:.1}\" y1=\"{ly}\" x2=\"{:.1}\" y2=\"{ly}\" stroke=\"{color}\" stroke-width=\"2\"/>\
+             <circle cx=\"{:.1}\" cy=\"{ly}\" r=\"4\" fill=\"{color}\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"13\">{}</text>",
+            lx,
+            lx + 24.0,
+            lx + 12.0,
+            lx + 30.0,
+            ly + 4.5,
+            esc(text)
+        );
+        lx += 30.0 + text.len() as f64 * 6.9 + 24.0;
+    }
+    let _ = writeln!(
+        out,
+        "<rect x=\"{lx:.1}\" y=\"{:.1}\" width=\"24\" height=\"12\" fill=\"#e3efe3\"/>\
+         <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"13\">{}</text>",
+        ly - 6.0,
+        lx + 30.0,
+        ly + 4.5,
+        esc(&format!("{:.2} .. {up:.2}: within {:.0}%", 1.0 / up, s.threshold * 100.0))
+    );
+    for (i, line) in [
+        "below 1: the kit is faster. Right of each plot: the change of ns/op against the step's baseline (the previous \
+         step; vanilla for the first step measured),"
+            .to_string(),
+        format!(
+            "coloured by its verdict: R: regression (the whole interval is above {up:.2}); ?: inconclusive (the interval \
+             reaches above {up:.2}); green: faster (whole interval below {:.2})",
+            1.0 / up
+        ),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let _ = writeln!(
+            out,
+            "<text x=\"12\" y=\"{:.1}\" font-size=\"13\" fill=\"#444\">{}</text>",
+            ly + 24.0 + 17.0 * i as f64,
+            esc(line)
+        );
+    }
+
+    // one axis for all plots, so that they compare
+    let mut values = Vec::new();
+    for c in &comps {
+        for oi in 0..s.ops.len() {
+            if let Some(iv) = s.ratio_stat(c, oi).interval {
+                values.extend([iv.lo, iv.hi]);
+            }
+        }
+    }
+    let (alo, ahi) = RatioAxis::range(&values, s.threshold);
+
+    let mut steps: Vec<u32> = s
+        .backends
+        .iter()
+        .filter_map(|b| match b.family {
+            Family::Kit(step) => Some(step),
+            _ => None,
+        })
+        .collect();
+    steps.sort();
+    steps.dedup();
+    let n_rows = s.ops.len() + 1;
+    let mut y = ly + 60.0;
+    for step in steps {
+        // free-threaded first: that is what the kit is for
+        let mut kits: Vec<usize> = comps.iter().map(|c| c.kit).filter(|&k| s.backends[k].family == Family::Kit(step)).collect();
+        kits.dedup();
+        kits.sort_by_key(|&k| (!s.backends[k].free_threaded, s.backends[k].python.clone()));
+        if kits.is_empty() {
+            continue;
+        }
+        // the series of a row: the same slots in every plot of the panel
+        let mut slots: Vec<Against> = Vec::new();
+        for c in comps.iter().filter(|c| kits.contains(&c.kit)) {
+            if !slots.iter().any(|a| std::mem::discriminant(a) == std::mem::discriminant(&c.against)) {
+                slots.push(c.against);
+            }
+        }
+        slots.sort_by_key(|a| match a {
+            Against::PrevStep(_) => 0,
+            Against::Vanilla => 1,
+            Against::Upstream => 2,
+        });
+        let row_h = SUB * slots.len() as f64 + 12.0;
+        let baseline_name = comps
+            .iter()
+            .find(|c| c.kit == kits[0] && c.baseline)
+            .map(|c| s.backends[c.other].family.name())
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            out,
+            "<text x=\"12\" y=\"{:.1}\" font-size=\"17\" font-weight=\"bold\">kit-step{step}</text>\
+             <text x=\"110\" y=\"{:.1}\" font-size=\"13\" fill=\"#444\">{}</text>",
+            y + 16.0,
+            y + 16.0,
+            esc(&format!("judged against {baseline_name} on the same interpreter"))
+        );
+        y += 26.0;
+        let top = y + 20.0;
+        let bottom = top + row_h * n_rows as f64;
+        // rows: stripes and op labels
+        for r in 0..n_rows {
+            let ry = top + r as f64 * row_h;
+            if r % 2 == 1 {
+                let _ = writeln!(
+                    out,
+                    "<rect x=\"8\" y=\"{ry:.1}\" width=\"{:.1}\" height=\"{row_h:.1}\" fill=\"#f4f4f4\"/>",
+                    width as f64 - 16.0
+                );
+            }
+            let label = s.ops.get(r).map(String::as_str).unwrap_or("geomean");
+            let weight = if r == s.ops.len() { " font-weight=\"bold\"" } else { "" };
+            let _ = writeln!(
+                out,
+                "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"13\" text-anchor=\"end\"{weight}>{}</text>",
+                LX - 10.0,
+                ry + row_h / 2.0 + 4.5,
+                esc(label)
+            );
+        }
+        for (pi, &k) in kits.iter().enumerate() {
+            let b = &s.backends[k];
+            let axis = RatioAxis { lo: alo, hi: ahi, x0: LX + pi as f64 * (PW + GAP), w: PW };
+            let x0 = axis.x0;
+            let title = format!(
+                "{} ({})",
+                b.py_label(),
+                if b.free_threaded { "free-threaded" } else { "GIL" }
+            );
+            let _ = writeln!(
+                out,
+                "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"14\" font-weight=\"bold\" text-anchor=\"middle\">{}</text>\
+                 <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"12\" text-anchor=\"middle\" fill=\"#444\">vs baseline</text>",
+                x0 + PW / 2.0,
+                top - 6.0,
+                esc(&title),
+                x0 + PW + 40.0,
+                top - 6.0
+            );
+            // threshold band, grid, 1.0, frame
+            let _ = writeln!(
+                out,
+                "<rect x=\"{:.1}\" y=\"{top:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#e3efe3\" fill-opacity=\"0.8\"/>",
+                axis.x(1.0 / up),
+                axis.x(up) - axis.x(1.0 / up),
+                bottom - top
+            );
+            for t in axis.ticks(34.0) {
+                let tx = axis.x(t);
+                let (stroke, sw) = if t == 1.0 { ("#222", 1.5) } else { ("#ccc", 0.8) };
+                let _ = writeln!(
+                    out,
+                    "<line x1=\"{tx:.1}\" y1=\"{top:.1}\" x2=\"{tx:.1}\" y2=\"{bottom:.1}\" stroke=\"{stroke}\" stroke-width=\"{sw}\"/>\
+                     <text x=\"{tx:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"middle\">{}</text>",
+                    bottom + 14.0,
+                    fmt_tick(t)
+                );
+            }
+            let _ = writeln!(
+                out,
+                "<rect x=\"{x0:.1}\" y=\"{top:.1}\" width=\"{PW:.1}\" height=\"{:.1}\" fill=\"none\" stroke=\"#888\"/>\
+                 <line x1=\"{x0:.1}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"#888\" stroke-dasharray=\"4 3\"/>\
+                 <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"12\" text-anchor=\"middle\" fill=\"#333\">\
+                 kit / other, log scale (below 1: the kit is faster)</text>",
+                bottom - top,
+                bottom - row_h,
+                x0 + PW,
+                bottom - row_h,
+                x0 + PW / 2.0,
+                bottom + 30.0
+            );
+            for r in 0..n_rows {
+                let ry = top + r as f64 * row_h + 6.0 + SUB / 2.0;
+                for c in comps.iter().filter(|c| c.kit == k) {
+                    let Some(slot) = slots.iter().position(|a| std::mem::discriminant(a) == std::mem::discriminant(&c.against))
+                    else {
+                        continue;
+                    };
+                    let st = if r < s.ops.len() { s.ratio_stat(c, r) } else { s.geomean_stat(c) };
+                    let Some(iv) = &st.interval else { continue };
+                    let cy = ry + slot as f64 * SUB;
+                    let color = against_color(c.against);
+                    let (xl, xh, xm) = (axis.x(iv.lo), axis.x(iv.hi), axis.x(iv.median));
+                    let _ = writeln!(
+                        out,
+                        "<line x1=\"{xl:.1}\" y1=\"{cy:.1}\" x2=\"{xh:.1}\" y2=\"{cy:.1}\" stroke=\"{color}\" stroke-width=\"1.6\"/>\
+                         <line x1=\"{xl:.1}\" y1=\"{:.1}\" x2=\"{xl:.1}\" y2=\"{:.1}\" stroke=\"{color}\" stroke-width=\"1.6\"/>\
+                         <line x1=\"{xh:.1}\" y1=\"{:.1}\" x2=\"{xh:.1}\" y2=\"{:.1}\" stroke=\"{color}\" stroke-width=\"1.6\"/>",
+                        cy - 3.5,
+                        cy + 3.5,
+                        cy - 3.5,
+                        cy + 3.5
+                    );
+                    let off_lo = iv.median < axis.lo;
+                    let off_hi = iv.median > axis.hi;
+                    if off_lo || off_hi {
+                        // a triangle at the edge pointing outwards, and the value
+                        let (tip, base, anchor, tx) =
+                            if off_lo { (x0 - 1.0, x0 + 8.0, "start", x0 + 11.0) } else { (x0 + PW + 1.0, x0 + PW - 8.0, "end", x0 + PW - 11.0) };
+                        let _ = writeln!(
+                            out,
+                            "<polygon points=\"{tip:.1},{cy:.1} {base:.1},{:.1} {base:.1},{:.1}\" fill=\"{color}\"/>\
+                             <text x=\"{tx:.1}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"{anchor}\" fill=\"{color}\">{}</text>",
+                            cy - 4.5,
+                            cy + 4.5,
+                            cy + 3.5,
+                            fmt_ratio(iv.median)
+                        );
+                    } else {
+                        let ring = if c.baseline && st.verdict == Some(Verdict::Regression) {
+                            " stroke=\"#c0392b\" stroke-width=\"2\""
+                        } else {
+                            ""
+                        };
+                        let _ = writeln!(out, "<circle cx=\"{xm:.1}\" cy=\"{cy:.1}\" r=\"4\" fill=\"{color}\"{ring}/>");
+                    }
+                    if c.baseline {
+                        let text = format!(
+                            "{}{}",
+                            pct(iv.median),
+                            match st.verdict {
+                                Some(Verdict::Regression) => " R",
+                                Some(Verdict::Inconclusive) => " ?",
+                                _ => "",
+                            }
+                        );
+                        let _ = writeln!(
+                            out,
+                            "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" fill=\"{}\">{}</text>",
+                            x0 + PW + 8.0,
+                            cy + 4.0,
+                            verdict_color(st.verdict),
+                            esc(&text)
+                        );
+                    }
+                }
+            }
+        }
+        y = bottom + 52.0;
+    }
+    (out, width, y as u32)
+}
 
 fn palette(spec: &BackendSpec) -> plotters::style::RGBColor {
     use plotters::style::RGBColor;
@@ -773,8 +1566,9 @@ fn palette(spec: &BackendSpec) -> plotters::style::RGBColor {
     }
 }
 
-/// Grouped horizontal bars: one group per op, one bar per backend, log-scale ns/op.
-pub fn render_svg(s: &Summary, path: &Path, subtitle: &str) -> Result<()> {
+/// The second picture: grouped horizontal bars, one group per op, one bar per backend,
+/// log-scale ns/op. Returns the SVG document and its size.
+fn absolute_chart(s: &Summary, subtitle: &str) -> Result<(String, u32, u32)> {
     use plotters::prelude::*;
 
     let n_ops = s.ops.len().max(1);
@@ -794,15 +1588,17 @@ pub fn render_svg(s: &Summary, path: &Path, subtitle: &str) -> Result<()> {
         (10f64.powf((lo * 0.7).log10().floor()), hi * 2.5)
     };
 
-    let root = SVGBackend::new(path, (width, height)).into_drawing_area();
-    let draw_err = |e: DrawingAreaErrorKind<_>| anyhow::anyhow!("cannot draw {}: {e:?}", path.display());
+    let mut buf = String::new();
+    {
+    let root = SVGBackend::with_string(&mut buf, (width, height)).into_drawing_area();
+    let draw_err = |e: DrawingAreaErrorKind<_>| anyhow::anyhow!("cannot draw the absolute chart: {e:?}");
     root.fill(&WHITE).map_err(draw_err)?;
     let (plot, legend) = root.split_vertically(plot_px);
     // Op i (top to bottom) is centred on y = n_ops - 1 - i; integer key points label it.
     let ops = s.ops.clone();
     let mut chart = ChartBuilder::on(&plot)
         .caption(
-            format!("cffi-ft bench: ns/op, single thread (log scale, lower is better) - {subtitle}"),
+            format!("absolute: ns/op, single thread, min over rounds (log scale, lower is better) - {subtitle}"),
             ("sans-serif", 21),
         )
         .margin(12)
@@ -823,7 +1619,19 @@ pub fn render_svg(s: &Summary, path: &Path, subtitle: &str) -> Result<()> {
         .disable_y_mesh()
         .y_labels(n_ops + 1)
         .y_label_formatter(&label_of)
-        .x_label_formatter(&|x| fmt_ns(*x))
+        .x_label_formatter(&|x| {
+            // label 1, 2 and 5 of each decade only: the others crowd on a log axis
+            let m = x / 10f64.powf(x.log10().floor());
+            if [1.0, 2.0, 5.0, 10.0].iter().any(|k| (m - k).abs() < 1e-6) {
+                if *x >= 1.0 {
+                    format!("{x:.0}")
+                } else {
+                    fmt_ns(*x)
+                }
+            } else {
+                String::new()
+            }
+        })
         .x_desc("ns per operation (log scale)")
         .label_style(("sans-serif", 16))
         .draw()
@@ -862,7 +1670,8 @@ pub fn render_svg(s: &Summary, path: &Path, subtitle: &str) -> Result<()> {
             .map_err(draw_err)?;
     }
     root.present().map_err(draw_err)?;
-    Ok(())
+    }
+    Ok((buf, width, height))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -919,7 +1728,8 @@ pub fn select_families(spec: &str) -> Result<(bool, bool, bool)> {
 }
 
 /// One process: `op` in `b`, three modes.
-fn run_one(b: &Backend, op: &str, seconds: f64, tag: &str) -> Run {
+fn run_one(b: &Backend, op: &str, seconds: f64, threaded: bool, tag: &str) -> Run {
+    let modes: &[&str] = if threaded { &["single", "own2", "shared2"] } else { &["single"] };
     let runs_dir = bench_dir().join("runs");
     let _ = fs::create_dir_all(&runs_dir);
     let out_path = runs_dir.join(format!("{}.out", b.spec.id()));
@@ -929,7 +1739,7 @@ fn run_one(b: &Backend, op: &str, seconds: f64, tag: &str) -> Run {
         cmd.arg(bench_script())
             .args(["--modules"])
             .arg(&b.modules)
-            .args(["--op", op, "--mode", MODES, "--seconds", &format!("{seconds}"), "--json"])
+            .args(["--op", op, "--mode", &modes.join(","), "--seconds", &format!("{seconds}"), "--json"])
             .current_dir(&b.modules)
             .stdin(Stdio::null())
             .stdout(fs::File::create(&out_path)?)
@@ -962,7 +1772,7 @@ fn run_one(b: &Backend, op: &str, seconds: f64, tag: &str) -> Run {
             format!("process {}{}", f.describe(), if shown.is_empty() { String::new() } else { format!(": {shown}") })
         }
     };
-    let run = parse_run(&stdout, &missing);
+    let run = parse_run(&stdout, &missing, modes);
     let failed = !matches!(&finished, Ok(f) if f.success());
     if failed || !stderr.trim().is_empty() && [&run.single, &run.own2, &run.shared2].iter().any(|m| matches!(m, ModeResult::Failed(_))) {
         let logs = bench_dir().join("logs");
@@ -988,6 +1798,9 @@ struct JsonResult {
     ratio_vs_vanilla_t: Option<f64>,
     ratio_vs_upstream_t: Option<f64>,
     ratio_vs_vanilla_same_python: Option<f64>,
+    /// Kit backends: each comparison with its interval and verdict.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    ratios: Vec<JsonRatio>,
     #[serde(flatten)]
     agg: Agg,
 }
@@ -1020,20 +1833,116 @@ struct JsonReport {
     load_avg_start: Option<[f64; 3]>,
     load_avg_end: Option<[f64; 3]>,
     busy: bool,
+    /// The regression criterion: a ratio interval wholly above 1 + threshold_pct / 100.
+    threshold_pct: f64,
+    /// The coverage of the ratio intervals with this many rounds.
+    interval_level: f64,
+    /// Median and max of (hi - lo) / median over all single-thread ratio intervals.
+    spread_median: Option<f64>,
+    spread_max: Option<f64>,
+    spread_max_at: Option<String>,
+    /// Per kit backend, against its baseline (the previous step, or vanilla).
+    verdicts: Vec<JsonVerdict>,
     ops: Vec<BTreeMap<&'static str, String>>,
     backends: Vec<JsonBackend>,
     build_failures: Vec<BTreeMap<&'static str, String>>,
     results: Vec<JsonResult>,
 }
 
+/// One comparison of a kit result in bench.json.
+#[derive(Serialize)]
+struct JsonRatio {
+    /// "kit-step0", "vanilla-1.17.1", "upstream-2.1.1" on the same interpreter.
+    vs: String,
+    vs_label: String,
+    /// "previous_step", "vanilla" or "upstream".
+    against: &'static str,
+    /// The comparison the step is judged by.
+    baseline: bool,
+    /// Median of the per-round ratios, and its interval.
+    ratio: Option<f64>,
+    lo: Option<f64>,
+    hi: Option<f64>,
+    level: Option<f64>,
+    /// (hi - lo) / ratio.
+    spread: Option<f64>,
+    rounds_paired: usize,
+    verdict: Option<Verdict>,
+    per_round: Vec<Option<f64>>,
+}
+
+fn json_ratio(s: &Summary, c: &Comparison, st: RatioStat) -> JsonRatio {
+    let iv = st.interval.as_ref();
+    JsonRatio {
+        vs: s.backends[c.other].family.name(),
+        vs_label: s.backends[c.other].label(),
+        against: c.against.key(),
+        baseline: c.baseline,
+        ratio: iv.map(|i| i.median),
+        lo: iv.map(|i| i.lo),
+        hi: iv.map(|i| i.hi),
+        level: iv.map(|i| i.level),
+        spread: iv.map(Interval::spread),
+        rounds_paired: iv.map(|i| i.n).unwrap_or(0),
+        verdict: st.verdict,
+        per_round: st.per_round,
+    }
+}
+
+/// Per kit backend: the verdict against its baseline over all ops.
+#[derive(Serialize)]
+struct JsonVerdict {
+    backend: String,
+    python: String,
+    free_threaded: bool,
+    baseline: String,
+    regressions: Vec<String>,
+    inconclusive: Vec<String>,
+    faster: Vec<String>,
+    geomean: JsonRatio,
+}
+
+fn json_verdicts(s: &Summary) -> Vec<JsonVerdict> {
+    let mut out = Vec::new();
+    for c in comparisons(&s.backends).iter().filter(|c| c.baseline) {
+        let b = &s.backends[c.kit];
+        let mut v = JsonVerdict {
+            backend: b.family.name(),
+            python: b.python.clone(),
+            free_threaded: b.free_threaded,
+            baseline: s.backends[c.other].family.name(),
+            regressions: Vec::new(),
+            inconclusive: Vec::new(),
+            faster: Vec::new(),
+            geomean: json_ratio(s, c, s.geomean_stat(c)),
+        };
+        for (oi, op) in s.ops.iter().enumerate() {
+            match s.ratio_stat(c, oi).verdict {
+                Some(Verdict::Regression) => v.regressions.push(op.clone()),
+                Some(Verdict::Inconclusive) => v.inconclusive.push(op.clone()),
+                Some(Verdict::Faster) => v.faster.push(op.clone()),
+                _ => {}
+            }
+        }
+        out.push(v);
+    }
+    out
+}
+
 fn json_results(s: &Summary) -> Vec<JsonResult> {
-    let comps = kit_t_comparisons(&s.backends);
+    let comps = comparisons(&s.backends);
     let mut out = Vec::new();
     for (oi, op) in s.ops.iter().enumerate() {
         for (bi, b) in s.backends.iter().enumerate() {
             let agg = s.aggs[oi][bi].clone();
-            let comp = comps.iter().find(|c| c.0 == bi);
-            let vs = |idx: Option<usize>| idx.and_then(|j| ratio(agg.ns_min, s.aggs[oi][j].ns_min));
+            let mine: Vec<&Comparison> = comps.iter().filter(|c| c.kit == bi).collect();
+            let median_vs = |j: usize| {
+                Interval::of(&round_ratios(&agg.ns_best_runs, &s.aggs[oi][j].ns_best_runs).into_iter().flatten().collect::<Vec<_>>())
+                    .map(|iv| iv.median)
+            };
+            let kit_t_vs = |a: Against| {
+                mine.iter().find(|c| c.against == a && b.free_threaded).and_then(|c| median_vs(c.other))
+            };
             let vanilla_same = s
                 .backends
                 .iter()
@@ -1054,14 +1963,34 @@ fn json_results(s: &Summary) -> Vec<JsonResult> {
                 ns_per_op: agg.ns_min,
                 scale2_own: agg.scale2_own,
                 scale2_shared: agg.scale2_shared,
-                ratio_vs_vanilla_t: comp.and_then(|c| vs(c.1)),
-                ratio_vs_upstream_t: comp.and_then(|c| vs(c.2)),
-                ratio_vs_vanilla_same_python: vs(vanilla_same),
+                ratio_vs_vanilla_t: kit_t_vs(Against::Vanilla),
+                ratio_vs_upstream_t: kit_t_vs(Against::Upstream),
+                ratio_vs_vanilla_same_python: vanilla_same.and_then(median_vs),
+                ratios: mine.iter().map(|c| json_ratio(s, c, s.ratio_stat(c, oi))).collect(),
                 agg,
             });
         }
     }
     out
+}
+
+/// Whether round r of `rounds` runs the 2-thread modes: `threaded` of them, spread evenly
+/// (the first round always when any).
+pub fn threaded_round(r: u32, rounds: u32, threaded: u32) -> bool {
+    let (r, n, k) = (r as u64, rounds.max(1) as u64, threaded.min(rounds) as u64);
+    (r * k).div_ceil(n) != ((r + 1) * k).div_ceil(n)
+}
+
+/// "1 h 02 min", "12 min 05 s", "42 s".
+pub fn fmt_duration(d: Duration) -> String {
+    let s = d.as_secs_f64().round() as u64;
+    if s >= 3600 {
+        format!("{} h {:02} min", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{} min {:02} s", s / 60, s % 60)
+    } else {
+        format!("{s} s")
+    }
 }
 
 pub fn report_paths() -> (PathBuf, PathBuf) {
@@ -1073,13 +2002,21 @@ pub fn run(args: BenchArgs) -> Result<bool> {
     let started_at = util::unix_now();
     let t0 = Instant::now();
     // Everything cheap is validated before any provisioning starts.
-    let rounds = args.rounds.unwrap_or(if args.quick { 3 } else { 5 });
+    let rounds = args.rounds.unwrap_or(if args.quick { QUICK_ROUNDS } else { DEFAULT_ROUNDS });
     if rounds == 0 {
         bail!("--rounds must be at least 1");
     }
-    let seconds = args.seconds.unwrap_or(if args.quick { 0.15 } else { 0.5 });
+    let seconds = args.seconds.unwrap_or(if args.quick { QUICK_SECONDS } else { DEFAULT_SECONDS });
     if !(seconds > 0.0 && seconds <= 60.0) {
         bail!("--seconds must be above 0 and at most 60");
+    }
+    let threaded_rounds = args
+        .threaded_rounds
+        .unwrap_or(if args.quick { rounds } else { DEFAULT_THREADED_ROUNDS.min(rounds) })
+        .min(rounds);
+    let threshold_pct = args.threshold.unwrap_or(DEFAULT_THRESHOLD_PCT);
+    if !(threshold_pct > 0.0 && threshold_pct < 100.0) {
+        bail!("--threshold must be above 0 and below 100 (percent)");
     }
     let ops = select_ops(args.ops.as_deref())?;
     let (with_kit, with_vanilla, with_upstream) = select_families(&args.backends)?;
@@ -1191,24 +2128,39 @@ pub fn run(args: BenchArgs) -> Result<bool> {
 
     // Interleaved measuring: per round, per op, every backend (order rotates per round).
     let n_b = backends.len();
-    let per_run = seconds * 3.0 + 0.4;
+    // a run: start-up and calibration, then `seconds` per mode
+    let per_round = |threaded: bool| (ops.len() * n_b) as f64 * (if threaded { 3.0 * seconds + 0.1 } else { seconds + 0.07 });
+    let estimates: Vec<f64> = (0..rounds).map(|r| per_round(threaded_round(r, rounds, threaded_rounds))).collect();
+    let estimate: f64 = estimates.iter().sum();
     status(format!(
-        "bench: {rounds} rounds x {} ops x {n_b} backends, {seconds} s per mode (about {:.0} min)",
+        "bench: {rounds} rounds ({threaded_rounds} with the 2-thread modes) x {} ops x {n_b} backends, {seconds} s per mode \
+         (about {})",
         ops.len(),
-        (rounds as f64 * ops.len() as f64 * n_b as f64 * per_run / 60.0).ceil()
+        fmt_duration(Duration::from_secs_f64(estimate))
     ));
     let mut runs: Vec<Vec<Vec<Run>>> = vec![vec![Vec::new(); n_b]; ops.len()];
+    let measure_start = Instant::now();
     for round in 0..rounds {
         let rt = Instant::now();
         for (oi, op) in ops.iter().enumerate() {
             for k in 0..n_b {
                 let bi = (k + round as usize) % n_b;
-                let run = run_one(&backends[bi], op, seconds, &format!("r{round}"));
+                let threaded = threaded_round(round, rounds, threaded_rounds);
+                let run = run_one(&backends[bi], op, seconds, threaded, &format!("r{round}"));
                 runs[oi][bi].push(run);
             }
         }
-        eprintln!("    round {}/{rounds} ... done ({:.0}s)", round + 1, rt.elapsed().as_secs_f64());
+        // the estimate of the rounds left, scaled by how the rounds so far compared with theirs
+        let r = round as usize + 1;
+        let left = measure_start.elapsed().mul_f64(estimates[r..].iter().sum::<f64>() / estimates[..r].iter().sum::<f64>());
+        eprintln!(
+            "    round {}/{rounds} ... done ({:.0}s{})",
+            round + 1,
+            rt.elapsed().as_secs_f64(),
+            if round + 1 < rounds { format!(", about {} left", fmt_duration(left)) } else { String::new() }
+        );
     }
+    let measuring = measure_start.elapsed();
     let load_end = load_average();
 
     let summary = Summary {
@@ -1217,8 +2169,10 @@ pub fn run(args: BenchArgs) -> Result<bool> {
         aggs: runs.iter().map(|row| row.iter().map(|r| aggregate(r)).collect()).collect(),
         rounds,
         seconds,
+        threshold: threshold_pct / 100.0,
     };
     let table = render_table(&summary);
+    let spread = spread_summary(&summary);
     let load_text = |l: Option<[f64; 3]>| l.map(|l| format!("{:.2}", l[0])).unwrap_or_else(|| "?".into());
     println!(
         "\ncffi-ft bench: {rounds} round(s) x {seconds} s per mode; {cpus} CPUs; load average {} at start, {} at end{}\n",
@@ -1232,7 +2186,11 @@ pub fn run(args: BenchArgs) -> Result<bool> {
     let report = JsonReport {
         method: "ns_per_op = ns_min = min over rounds of each run's median ns/op over ~1 ms batches (single thread); \
                  scale2_* = median over rounds of (2-thread throughput / 1-thread throughput of the same run); \
-                 ratio_* = ns_per_op / the other backend's ns_per_op"
+                 ratios: per round, the kit run's fastest-batch ns/op (ns_best_runs) / the other backend's in the same \
+                 round (a round runs every backend once per op, order rotated); ratio = median over rounds, [lo, hi] = order-statistic interval of \
+                 that median ([x_(k), x_(n+1-k)], the largest k with binomial coverage >= 95%, else min..max with \
+                 `level` its coverage); verdict: regression if lo > 1 + threshold, inconclusive if only hi is (or under \
+                 3 rounds), faster if hi < 1 / (1 + threshold), else ok; ratio_vs_* = the median per-round ratio"
             .into(),
         started_at,
         duration_s: t0.elapsed().as_secs_f64(),
@@ -1243,6 +2201,12 @@ pub fn run(args: BenchArgs) -> Result<bool> {
         load_avg_start: load_start,
         load_avg_end: load_end,
         busy,
+        threshold_pct,
+        interval_level: interval_level(rounds as usize),
+        spread_median: spread.as_ref().map(|x| x.0),
+        spread_max: spread.as_ref().map(|x| x.1),
+        spread_max_at: spread.as_ref().map(|x| x.2.clone()),
+        verdicts: json_verdicts(&summary),
         ops: OPS
             .iter()
             .filter(|(n, _)| ops.iter().any(|o| o == n))
@@ -1276,7 +2240,8 @@ pub fn run(args: BenchArgs) -> Result<bool> {
         if busy { " (busy)" } else { "" }
     );
     render_svg(&summary, &svg_path, &subtitle)?;
-    println!("results: {} and {} ({:.0}s in all)", json_path.display(), svg_path.display(), t0.elapsed().as_secs_f64());
+    println!("results: {} and {} (the ratio chart, then the absolute one)", json_path.display(), svg_path.display());
+    println!("elapsed: {} (measuring {})", fmt_duration(t0.elapsed()), fmt_duration(measuring));
 
     let kit_missing: Vec<String> = summary
         .backends
@@ -1308,7 +2273,11 @@ mod tests {
     }
 
     fn run3(single: ModeResult, own2: ModeResult, shared2: ModeResult) -> Run {
-        Run { single, own2, shared2, gil_enabled: Some(false) }
+        let single_best = match single {
+            ModeResult::Ok { ns, .. } => Some(ns * 0.9),
+            _ => None,
+        };
+        Run { single, own2, shared2, single_best, gil_enabled: Some(false) }
     }
 
     fn spec(family: Family, t: bool) -> BackendSpec {
@@ -1359,6 +2328,33 @@ mod tests {
         assert_eq!(a.scale2_own_runs, vec![Some(1.5), None, Some(3.0)]);
         assert_eq!(a.errors, vec!["shared2: KeyError: x", "single: process killed by signal 11 (SIGSEGV)"]);
         assert!(a.shared_skipped);
+        assert_eq!(a.ns_best_runs, vec![Some(45.0), None, Some(63.0)]);
+    }
+
+    #[test]
+    fn rounds_without_threads_count_for_nothing_in_scaling() {
+        let runs = vec![
+            run3(ok(100.0, 1e7), ok(60.0, 1.8e7), ok(80.0, 1.2e7)),
+            run3(ok(90.0, 1.1e7), ModeResult::NotRun, ModeResult::NotRun),
+            run3(ok(120.0, 0.8e7), ok(60.0, 1.2e7), ok(80.0, 0.8e7)),
+        ];
+        let a = aggregate(&runs);
+        assert_eq!(a.ns_runs, vec![Some(100.0), Some(90.0), Some(120.0)]);
+        assert_eq!(a.scale2_own_runs, vec![Some(1.8), None, Some(1.5)]);
+        assert!((a.scale2_own.unwrap() - 1.65).abs() < 1e-9);
+        assert_eq!((a.failed_own2, a.failed_shared2, a.shared_skipped), (0, 0, false));
+        assert!(a.errors.is_empty());
+    }
+
+    #[test]
+    fn threaded_rounds_are_spread_evenly() {
+        let pick = |rounds, k| (0..rounds).filter(|&r| threaded_round(r, rounds, k)).collect::<Vec<u32>>();
+        assert_eq!(pick(3, 3), vec![0, 1, 2]);
+        assert_eq!(pick(20, 4), vec![0, 5, 10, 15]);
+        assert_eq!(pick(10, 3), vec![0, 3, 6]);
+        assert_eq!(pick(5, 0), Vec::<u32>::new());
+        assert_eq!(pick(2, 9), vec![0, 1]);
+        assert_eq!(pick(1, 1), vec![0]);
     }
 
     #[test]
@@ -1367,14 +2363,22 @@ mod tests {
 not json
 {"op":"cast","mode":"own2","error":"RuntimeError: boom","gil_enabled":false}
 "#;
-        let run = parse_run(out, "process killed by signal 11 (SIGSEGV)");
+        let all = ["single", "own2", "shared2"];
+        let run = parse_run(out, "process killed by signal 11 (SIGSEGV)", &all);
         assert_eq!(run.single, ok(70.5, 1.4e7));
+        assert_eq!(run.single_best, None);
         assert_eq!(run.own2, ModeResult::Failed("RuntimeError: boom".into()));
         assert_eq!(run.shared2, ModeResult::Failed("process killed by signal 11 (SIGSEGV)".into()));
         assert_eq!(run.gil_enabled, Some(false));
-        let skipped = parse_run(r#"{"mode":"shared2","skipped":"no objects","gil_enabled":true}"#, "x");
+        let skipped = parse_run(r#"{"mode":"shared2","skipped":"no objects","gil_enabled":true}"#, "x", &all);
         assert_eq!(skipped.shared2, ModeResult::Skipped);
         assert_eq!(skipped.gil_enabled, Some(true));
+        // a single-thread-only round: the 2-thread modes did not run, they did not fail
+        let single = parse_run(r#"{"mode":"single","ns_per_op":10.0,"ns_min":9.5,"throughput":1e8}"#, "gone", &["single"]);
+        assert_eq!((single.single, single.single_best), (ok(10.0, 1e8), Some(9.5)));
+        assert_eq!((single.own2, single.shared2), (ModeResult::NotRun, ModeResult::NotRun));
+        let lost = parse_run("", "process timed out", &["single"]);
+        assert_eq!((lost.single, lost.own2), (ModeResult::Failed("process timed out".into()), ModeResult::NotRun));
     }
 
     #[test]
@@ -1395,24 +2399,147 @@ not json
             spec(Family::Upstream, false),
             spec(Family::Upstream, true),
         ];
-        let agg = |ns: f64| Agg { ns_min: Some(ns), scale2_own: Some(1.9), scale2_shared: Some(1.2), ..Agg::default() };
-        let failed = Agg { failed_single: 3, failed_own2: 3, failed_shared2: 3, ..Agg::default() };
+        let agg = |ns: f64| Agg {
+            ns_min: Some(ns),
+            ns_runs: vec![Some(ns); 6],
+            // the ratios come from the fastest batches (halved here, so that a ratio of
+            // medians would not pass for one)
+            ns_best_runs: vec![Some(ns * 0.5); 6],
+            scale2_own: Some(1.9),
+            scale2_shared: Some(1.2),
+            ..Agg::default()
+        };
+        let failed = Agg { failed_single: 3, failed_own2: 3, failed_shared2: 3, ns_runs: vec![None; 6], ns_best_runs: vec![None; 6], ..Agg::default() };
         Summary {
             backends,
             ops: vec!["typeof_hit".into(), "new_function_type".into()],
             aggs: vec![
                 vec![agg(20.0), agg(40.0), agg(20.0), agg(32.0), agg(25.0), agg(50.0)],
-                vec![agg(200.0), agg(300.0), agg(210.0), agg(250.0), agg(190.0), failed],
+                vec![agg(180.0), agg(300.0), agg(210.0), agg(250.0), agg(190.0), failed],
             ],
-            rounds: 3,
+            rounds: 6,
             seconds: 0.15,
+            threshold: 0.05,
         }
     }
 
     #[test]
-    fn kit_t_is_compared_with_vanilla_t_and_upstream_t() {
+    fn order_statistic_coverage_is_binomial() {
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        assert!(close(order_stat_coverage(5, 1), 1.0 - 2.0 / 32.0));
+        assert!(close(order_stat_coverage(6, 1), 1.0 - 2.0 / 64.0));
+        assert!(close(order_stat_coverage(10, 2), 1.0 - 2.0 * 11.0 / 1024.0));
+        assert!(close(order_stat_coverage(10, 3), 1.0 - 2.0 * 56.0 / 1024.0));
+        assert!(close(order_stat_coverage(2, 1), 0.5));
+        assert_eq!(order_stat_coverage(1, 1), 0.0);
+        assert_eq!(order_stat_coverage(4, 3), 0.0);
+        assert_eq!(order_stat_coverage(4, 0), 0.0);
+        // large n stays finite and sane
+        let c = order_stat_coverage(400, 180);
+        assert!(c > 0.9 && c < 1.0, "{c}");
+    }
+
+    #[test]
+    fn median_interval_rank_is_the_widest_level_keeping_one() {
+        // n <= 5: even min..max is below 95%, so min..max
+        for n in 1..=6 {
+            assert_eq!(median_ci_rank(n, CI_LEVEL), 1, "n = {n}");
+        }
+        assert_eq!(median_ci_rank(9, CI_LEVEL), 2); // 0.961; k = 3 would be 0.820
+        assert_eq!(median_ci_rank(10, CI_LEVEL), 2); // 0.979; k = 3: 0.891
+        assert_eq!(median_ci_rank(12, CI_LEVEL), 3); // 0.961; k = 4: 0.854
+        assert_eq!(median_ci_rank(20, CI_LEVEL), 6); // 0.959; k = 7: 0.885
+        assert!((interval_level(3) - 0.75).abs() < 1e-12);
+        assert!(interval_level(12) >= CI_LEVEL);
+    }
+
+    #[test]
+    fn interval_is_median_and_order_statistics() {
+        let iv = Interval::of(&[1.10, 1.00, f64::NAN, 1.02, 0.98, 1.05, 1.01]).unwrap();
+        assert_eq!((iv.n, iv.lo, iv.hi), (6, 0.98, 1.10));
+        assert!((iv.median - 1.015).abs() < 1e-12);
+        assert!((iv.level - 0.96875).abs() < 1e-12);
+        assert!((iv.spread() - 0.12 / 1.015).abs() < 1e-12);
+        // 12 values: [x_3, x_10] of the sorted ones
+        let v: Vec<f64> = (1..=12).map(|i| i as f64).collect();
+        let iv = Interval::of(&v).unwrap();
+        assert_eq!((iv.lo, iv.median, iv.hi), (3.0, 6.5, 10.0));
+        assert_eq!(Interval::of(&[]), None);
+        assert_eq!(Interval::of(&[f64::INFINITY]), None);
+    }
+
+    #[test]
+    fn verdict_needs_the_whole_interval_beyond_the_threshold() {
+        let iv = |lo: f64, hi: f64, n: usize| Interval { median: (lo + hi) / 2.0, lo, hi, level: 0.95, n };
+        assert_eq!(Verdict::of(&iv(1.06, 1.20, 12), 0.05), Verdict::Regression);
+        assert_eq!(Verdict::of(&iv(1.04, 1.20, 12), 0.05), Verdict::Inconclusive);
+        assert_eq!(Verdict::of(&iv(0.97, 1.05, 12), 0.05), Verdict::Ok);
+        assert_eq!(Verdict::of(&iv(0.90, 0.96, 12), 0.05), Verdict::Ok); // 0.96 > 1 / 1.05
+        assert_eq!(Verdict::of(&iv(0.60, 0.95, 12), 0.05), Verdict::Faster);
+        // the issue's quick-mode case: 1.54x in one run is no verdict when the interval is wide
+        assert_eq!(Verdict::of(&iv(0.98, 1.54, 3), 0.05), Verdict::Inconclusive);
+        // 3 rounds (75%) never call a regression or a speed-up, even when all agree
+        let quick = |lo: f64, hi: f64| Interval { median: (lo + hi) / 2.0, lo, hi, level: 0.75, n: 3 };
+        assert_eq!(Verdict::of(&quick(1.2, 1.3), 0.05), Verdict::Inconclusive);
+        assert_eq!(Verdict::of(&quick(0.5, 0.6), 0.05), Verdict::Ok);
+        assert_eq!(Verdict::of(&quick(0.97, 1.02), 0.05), Verdict::Ok);
+        let one = Interval { median: 1.5, lo: 1.5, hi: 1.5, level: 0.0, n: 1 };
+        assert_eq!(Verdict::of(&one, 0.05), Verdict::Inconclusive);
+        assert_eq!(Verdict::of(&iv(1.06, 1.08, 12), 0.10), Verdict::Ok);
+    }
+
+    #[test]
+    fn ratios_pair_rounds_and_geomeans_need_every_op() {
+        let kit = [Some(100.0), Some(110.0), None, Some(105.0)];
+        let other = [Some(100.0), Some(100.0), Some(90.0), Some(0.0)];
+        assert_eq!(round_ratios(&kit, &other), vec![Some(1.0), Some(1.1), None, None]);
+        let per_op = vec![vec![Some(2.0), Some(1.0), None], vec![Some(0.5), Some(4.0), Some(1.0)]];
+        let g = round_geomeans(&per_op);
+        assert!((g[0].unwrap() - 1.0).abs() < 1e-12 && (g[1].unwrap() - 2.0).abs() < 1e-12, "{g:?}");
+        assert_eq!(g[2], None);
+        assert!(round_geomeans(&[]).is_empty());
+    }
+
+    #[test]
+    fn comparisons_pick_previous_step_then_vanilla_as_baseline() {
+        let backends = vec![
+            spec(Family::Kit(0), false),
+            spec(Family::Kit(0), true),
+            spec(Family::Kit(2), true),
+            spec(Family::Vanilla, true),
+            spec(Family::Upstream, false),
+            spec(Family::Upstream, true),
+        ];
+        let c = comparisons(&backends);
+        let of = |k: usize| c.iter().filter(|c| c.kit == k).map(|c| (c.other, c.against, c.baseline)).collect::<Vec<_>>();
+        // GIL step 0: no vanilla on GIL here, so only 2.1.1, which is never a baseline
+        assert_eq!(of(0), vec![(4, Against::Upstream, false)]);
+        assert_eq!(of(1), vec![(3, Against::Vanilla, true), (5, Against::Upstream, false)]);
+        // step 2's previous measured step is 0
+        assert_eq!(
+            of(2),
+            vec![(1, Against::PrevStep(0), true), (3, Against::Vanilla, false), (5, Against::Upstream, false)]
+        );
+    }
+
+    #[test]
+    fn ratio_stats_come_from_paired_rounds() {
+        let mut s = summary();
+        s.rounds = 6;
+        // kit-t vs vanilla-t on typeof_hit: one round of kit-t failed
+        s.aggs[0][1].ns_best_runs = vec![Some(40.0), Some(44.0), None, Some(42.0), Some(41.0), Some(60.0)];
+        s.aggs[0][3].ns_best_runs = vec![Some(40.0), Some(40.0), Some(40.0), Some(40.0), Some(40.0), Some(40.0)];
+        let c = comparisons(&s.backends).into_iter().find(|c| c.kit == 1 && c.against == Against::Vanilla).unwrap();
+        let st = s.ratio_stat(&c, 0);
+        assert_eq!(st.per_round, vec![Some(1.0), Some(1.1), None, Some(1.05), Some(1.025), Some(1.5)]);
+        let iv = st.interval.unwrap();
+        assert_eq!((iv.n, iv.lo, iv.median, iv.hi), (5, 1.0, 1.05, 1.5));
+        assert_eq!(st.verdict, Some(Verdict::Inconclusive));
+    }
+
+    #[test]
+    fn kit_results_carry_ratios_intervals_and_verdicts() {
         let s = summary();
-        assert_eq!(kit_t_comparisons(&s.backends), vec![(1, Some(3), Some(5))]);
         let json = json_results(&s);
         let kit_t = json.iter().find(|r| r.backend == "kit-step0" && r.free_threaded && r.op == "typeof_hit").unwrap();
         assert_eq!(kit_t.ratio_vs_vanilla_t, Some(1.25));
@@ -1421,50 +2548,136 @@ not json
         let kit_gil = json.iter().find(|r| r.backend == "kit-step0" && !r.free_threaded && r.op == "typeof_hit").unwrap();
         assert_eq!(kit_gil.ratio_vs_vanilla_t, None);
         assert_eq!(kit_gil.ratio_vs_vanilla_same_python, Some(1.0));
-        let v = serde_json::to_value(&json[0]).unwrap();
+        let v = serde_json::to_value(kit_t).unwrap();
         for key in ["backend", "python", "free_threaded", "op", "ns_per_op", "scale2_own", "scale2_shared", "ns_median", "errors"] {
             assert!(v.get(key).is_some(), "missing {key}");
         }
+        let ratios = v["ratios"].as_array().unwrap();
+        assert_eq!(ratios.len(), 2);
+        assert_eq!(ratios[0]["vs"], "vanilla-1.17.1");
+        assert_eq!(ratios[0]["against"], "vanilla");
+        assert_eq!(ratios[0]["baseline"], true);
+        assert_eq!(ratios[0]["ratio"], 1.25);
+        assert_eq!(ratios[0]["lo"], 1.25);
+        assert_eq!(ratios[0]["verdict"], "regression");
+        assert_eq!(ratios[1]["verdict"], "faster");
+        assert_eq!(ratios[1]["per_round"], serde_json::json!(vec![0.8; 6]));
+        // 2.1.1 t failed every run of new_function_type: no ratio, no verdict
+        let nft = json.iter().find(|r| r.backend == "kit-step0" && r.free_threaded && r.op == "new_function_type").unwrap();
+        let v = serde_json::to_value(nft).unwrap();
+        assert_eq!(v["ratios"][1]["ratio"], serde_json::Value::Null);
+        assert_eq!(v["ratios"][1]["verdict"], serde_json::Value::Null);
+        // other backends have no ratios list
+        let vanilla = serde_json::to_value(json.iter().find(|r| r.backend == "vanilla-1.17.1").unwrap()).unwrap();
+        assert!(vanilla.get("ratios").is_none());
+
+        let verdicts = json_verdicts(&s);
+        assert_eq!(verdicts.len(), 2);
+        let t = verdicts.iter().find(|v| v.free_threaded).unwrap();
+        assert_eq!(t.baseline, "vanilla-1.17.1");
+        assert_eq!(t.regressions, vec!["typeof_hit", "new_function_type"]); // 1.25 and 1.2
+        let gil = verdicts.iter().find(|v| !v.free_threaded).unwrap();
+        assert!(gil.regressions.is_empty() && gil.faster == vec!["new_function_type"], "{:?}", gil.faster);
+        assert!((gil.geomean.ratio.unwrap() - (180.0f64 / 210.0).sqrt()).abs() < 1e-12);
     }
 
     #[test]
-    fn table_shows_values_ratios_markers_and_failures() {
+    fn table_shows_values_ratio_intervals_verdicts_and_failures() {
         let t = render_table(&summary());
         let lines: Vec<&str> = t.lines().collect();
-        assert!(lines[1].starts_with("op") && lines[1].contains("kit-step0") && lines[1].contains("kit0 t /"), "{t}");
-        assert!(lines[2].contains("3.13.5t*") && lines[2].contains("3.13.5t!") && lines[2].contains("vanilla t"), "{t}");
-        let typeof_row = lines.iter().find(|l| l.starts_with("typeof_hit")).unwrap();
-        // 40 / 32 = 1.25 and 40 / 50 = 0.80
-        assert!(typeof_row.ends_with("1.25        0.80"), "{typeof_row}");
+        assert!(lines[1].starts_with("op") && lines[1].contains("kit-step0"), "{t}");
+        assert!(lines[2].contains("3.13.5t*") && lines[2].contains("3.13.5t!"), "{t}");
         let nft = lines.iter().find(|l| l.starts_with("new_function_type")).unwrap();
-        assert!(nft.contains("ERR") && nft.trim_end().ends_with('-'), "{nft}");
-        let geo = lines.iter().find(|l| l.starts_with("geomean")).unwrap();
-        // vanilla: geomean(1.25, 1.2) ; upstream: only 0.8
-        assert!(geo.contains("1.22") && geo.trim_end().ends_with("0.80"), "{geo}");
+        assert!(nft.contains("ERR"), "{nft}");
+        // the ratio table of kit-step0 on t: 40 / 32 = 1.25 (regression), 40 / 50 = 0.80
+        let head = lines.iter().position(|l| l.starts_with("kit-step0-py") || l.starts_with("kit-step0 3.13.5t ")).unwrap();
+        assert!(lines[head].contains("/ vanilla 3.13.5t*") && lines[head].contains("/ 2.1.1 3.13.5t!"), "{}", lines[head]);
+        let row = lines[head + 1];
+        assert!(row.starts_with("typeof_hit") && row.contains("1.25 [1.25, 1.25]R") && row.contains("0.80 [0.80, 0.80]"), "{row}");
+        let nft = lines[head + 2];
+        assert!(nft.contains("1.20 [1.20, 1.20]R") && nft.trim_end().ends_with('-'), "{nft}");
+        let geo = lines[head + 3];
+        // vanilla: geomean(1.25, 1.2) ; 2.1.1: rounds without every op count for nothing
+        assert!(geo.starts_with("geomean") && geo.contains("1.22 [1.22, 1.22]R") && geo.trim_end().ends_with('-'), "{geo}");
+        assert!(t.contains("97% interval of the median over 6 round(s)"), "{t}");
+        let verdict = lines.iter().find(|l| l.trim_start().starts_with("kit-step0 3.13.5t vs")).unwrap();
+        assert!(verdict.contains("REGRESSION beyond 5%: typeof_hit +25.0% [+25.0%, +25.0%]"), "{verdict}");
+        let verdict = lines.iter().find(|l| l.trim_start().starts_with("kit-step0 3.13.5 vs")).unwrap();
+        assert!(verdict.contains("no op regresses beyond 5%") && verdict.contains("faster: new_function_type"), "{verdict}");
+        assert!(t.contains("spread of the ratio intervals") && t.contains("max 0.0%"), "{t}");
         assert!(t.contains("1.90/1.20") && t.contains("ERR/ERR"), "{t}");
         assert!(t.contains("PYTHON_GIL=0") && t.contains("forced, unsupported upstream"), "{t}");
     }
 
     #[test]
-    fn table_without_free_threaded_kit_has_no_ratio_columns() {
+    fn table_without_a_kit_has_no_ratio_tables() {
         let mut s = summary();
-        s.backends.truncate(1);
+        s.backends = vec![spec(Family::Vanilla, true)];
         s.aggs = vec![vec![Agg::default()], vec![Agg { ns_min: Some(5.0), failed_single: 1, ..Agg::default() }]];
         let t = render_table(&s);
-        assert!(!t.contains(" |") && !t.contains("geomean"), "{t}");
+        assert!(!t.contains("ratio =") && !t.contains("geomean") && !t.contains("verdicts"), "{t}");
         assert!(t.contains("5.00~"), "{t}");
     }
 
     #[test]
-    fn svg_is_written() {
+    fn svg_has_the_ratio_chart_first_then_the_absolute_one() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("bench.svg");
-        render_svg(&summary(), &path, "test").unwrap();
-        let svg = fs::read_to_string(&path).unwrap();
-        assert!(svg.starts_with("<svg") && svg.contains("forced"), "{}", &svg[..200.min(svg.len())]);
-        for op in ["typeof_hit", "new_function_type"] {
-            assert!(svg.contains(&format!("\n{op}\n")), "no label {op}");
+        let mut s = summary();
+        s.backends.push(spec(Family::Kit(1), true));
+        for (row, ns) in s.aggs.iter_mut().zip([41.0, 100.0]) {
+            row.push(Agg { ns_min: Some(ns), ns_best_runs: vec![Some(ns * 0.5); 6], ..Agg::default() });
         }
+        render_svg(&s, &path, "test").unwrap();
+        let svg = fs::read_to_string(&path).unwrap();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{}", &svg[..200.min(svg.len())]);
+        let ratio_at = svg.find("divided by another").unwrap();
+        let abs_at = svg.find("absolute: ns/op").unwrap();
+        assert!(ratio_at < abs_at);
+        for panel in ["kit-step0</text>", "kit-step1</text>", "judged against kit-step0", "judged against vanilla-1.17.1"] {
+            assert!(svg.contains(panel), "no {panel}");
+        }
+        assert!(svg.contains(">3.13.5t (free-threaded)<") && svg.contains(">3.13.5 (GIL)<") && svg.contains(">geomean<"));
+        // step 1 vs step 0 on typeof_hit: 41 / 40 = +2.5%; step 0 t vs vanilla t: +25% regression
+        assert!(svg.contains(">+2.5%<") && svg.contains(">+25.0% R<"), "verdict texts");
+        // step 1 t on new_function_type: 100 / 300 (step 0) and 100 / 250 (vanilla) are off
+        // the scale (0.5 ..): triangles at the edge with their values; 0.8 and 1.25 fit
+        assert_eq!(svg.matches("<polygon").count(), 2);
+        assert!(svg.contains(">0.33</text>") && svg.contains(">0.40</text>"));
+        for op in ["typeof_hit", "new_function_type"] {
+            assert!(svg.contains(&format!(">{op}</text>")), "no ratio label {op}");
+            assert!(svg.contains(&format!("\n{op}\n")), "no absolute label {op}");
+        }
+        // the nested absolute chart sits below the ratio chart
+        assert_eq!(svg.matches("<svg").count(), 2);
+        assert!(svg.contains("<svg x=\"0\" y=\""));
+    }
+
+    #[test]
+    fn ratio_axis_clamps_and_ticks_do_not_crowd() {
+        let (lo, hi) = RatioAxis::range(&[0.03, 1.2], 0.05);
+        assert_eq!((lo, hi), (0.5, 1.2 * 1.03));
+        assert_eq!(RatioAxis::range(&[0.7, 9.0], 0.05), (0.7 / 1.03, 2.0));
+        let (lo, hi) = RatioAxis::range(&[0.99, 1.01], 0.05);
+        assert!(lo < 1.0 / 1.05 && hi > 1.05 && lo >= 0.9 - 1e-12 && hi <= 1.1 + 1e-12, "{lo} {hi}");
+        let axis = RatioAxis { lo: 0.25, hi: 4.0, x0: 100.0, w: 400.0 };
+        assert_eq!(axis.x(0.01), 100.0);
+        assert!((axis.x(1.0) - 300.0).abs() < 1e-9);
+        let ticks = axis.ticks(34.0);
+        assert!(ticks.contains(&1.0) && ticks.contains(&0.25) && ticks.contains(&4.0), "{ticks:?}");
+        for w in ticks.windows(2) {
+            assert!(axis.x(w[1]) - axis.x(w[0]) >= 34.0, "{ticks:?}");
+        }
+        assert_eq!(fmt_tick(0.25), "0.25");
+        assert_eq!(fmt_tick(1.0), "1");
+        assert_eq!(fmt_tick(1.5), "1.5");
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(fmt_duration(Duration::from_secs(42)), "42 s");
+        assert_eq!(fmt_duration(Duration::from_secs(725)), "12 min 05 s");
+        assert_eq!(fmt_duration(Duration::from_secs(3720)), "1 h 02 min");
     }
 
     #[test]
