@@ -226,6 +226,16 @@ def op_new_struct(env, k):
     return step
 
 
+def op_sizeof(env, k):
+    sizeof = env.abi_ffi(k).sizeof
+    sizeof("struct point")
+
+    def step(n):
+        for _ in repeat(None, n):
+            sizeof("struct point")
+    return step
+
+
 def op_cast(env, k):
     cast = env.abi_ffi(k).cast
     cast("long", 12345)
@@ -325,6 +335,7 @@ OPS = {
     "new_array_type_churn": (op_new_array_type_churn, 1, True, "_cffi_backend.new_array_type(p, n) whose result dies at once (unique-cache miss + removal)"),
     "new_array": (op_new_array, 1, True, 'ffi.new("int[16]")'),
     "new_struct": (op_new_struct, 1, True, 'ffi.new("struct point *")'),
+    "sizeof": (op_sizeof, 1, True, 'ffi.sizeof("struct point"), the struct already complete'),
     "cast": (op_cast, 1, True, 'ffi.cast("long", 12345)'),
     "struct_first": (op_struct_first, 1, False, "fresh FFI from an out-of-line ABI module + first realization of its struct"),
     "lib_attr": (op_lib_attr, 1, True, "lib.bench_add attribute access (API mode)"),

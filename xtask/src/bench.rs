@@ -50,6 +50,7 @@ pub const OPS: &[(&str, &str)] = &[
     ("new_array_type_churn", "_cffi_backend.new_array_type(p, n) whose result dies at once (miss + removal)"),
     ("new_array", "ffi.new(\"int[16]\")"),
     ("new_struct", "ffi.new(\"struct point *\")"),
+    ("sizeof", "ffi.sizeof(\"struct point\"), the struct already complete"),
     ("cast", "ffi.cast(\"long\", 12345)"),
     ("struct_first", "fresh FFI from an out-of-line ABI module + first realization of a struct"),
     ("lib_attr", "lib.bench_add attribute access (API mode)"),
@@ -139,7 +140,7 @@ pub struct BenchArgs {
     seconds: Option<f64>,
     /// Operations, comma-separated (default: all): typeof_hit, new_pointer_type,
     /// new_array_type, new_function_type, new_array_type_churn, new_array, new_struct,
-    /// cast, struct_first, lib_attr, api_call, dlopen_call, callback_from_c,
+    /// sizeof, cast, struct_first, lib_attr, api_call, dlopen_call, callback_from_c,
     /// extern_python, gc.
     #[arg(long, value_name = "LIST")]
     ops: Option<String>,

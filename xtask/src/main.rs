@@ -60,7 +60,8 @@ enum Cmd {
     /// clients, short stress).
     Ci(CiArgs),
     /// Micro-benchmarks: the kit at each step vs vanilla cffi 1.17.1 and upstream cffi 2.1.1,
-    /// on 3.13 and 3.13t, interleaved in one run (ns/op and 2-thread scaling).
+    /// on 3.13 and 3.13t, interleaved in one run (ns/op, ratios with intervals and
+    /// verdicts, 2-thread scaling).
     Bench(bench::BenchArgs),
 }
 
