@@ -11,6 +11,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 ///
 /// `AssertUnwindSafe` is sound here because the edge never observes state that a panicking
 /// body may have left half-updated: after an `Err`, the entry point only raises.
+#[inline]
 pub fn catch_panic<R>(body: impl FnOnce() -> R) -> Result<R, String> {
     catch_unwind(AssertUnwindSafe(body)).map_err(|payload| panic_message(&*payload))
 }
