@@ -435,14 +435,13 @@ SETTLE_S = 5.0
 
 def settled(condition):
     """Collects, then waits up to SETTLE_S for `condition()` to hold (holding none of
-    the objects it is about); returns its last value. A condition that never holds still
-    fails the caller's check."""
+    the objects it is about). It only waits: the caller still makes its own check, which
+    a condition that never holds fails."""
     deadline = time.monotonic() + SETTLE_S
     gc.collect()
     while not condition() and time.monotonic() < deadline:
         time.sleep(0.01)
         gc.collect()
-    return condition()
 
 
 _interp_dict = []
