@@ -4,13 +4,16 @@ venv python (the kit at a step, vanilla cffi 1.17.1, upstream cffi 2.1.1).
     python bench_ops.py --prepare DIR
         Builds, once per venv, what the operations need into DIR: two API-mode modules
         (_cffi_ft_bench_api0/1, with C helpers that call a callback and an extern
-        "Python" function) and one out-of-line ABI module (_cffi_ft_bench_abi.py).
+        "Python" function), two out-of-line ABI modules (_cffi_ft_bench_abi.py; and
+        _cffi_ft_bench_dl.py, the cdef of the helper library) and the helper shared
+        library the dlopen ops open (libcffi_ft_bench_dl.so, built with $CC or gcc).
 
     python bench_ops.py --modules DIR --op NAME --mode single|own2|shared2 --seconds S --json
         Measures one operation; prints one JSON line per mode (--op and --mode also take
         comma-separated lists). `single`: one thread, ns/op (median and min over ~1 ms
         batches) and throughput. `own2`: two threads, each on its own objects (its own
-        FFI, module, ctypes). `shared2`: two threads on the same objects. The 2-thread
+        FFI, module, ctypes, Lib). `shared2`: two threads on the same objects (one
+        FFI, one Lib: dlopen_call calls through the same Lib from both). The 2-thread
         modes report total throughput; the driver divides it by the 1-thread throughput.
 
     python bench_ops.py --list
@@ -70,6 +73,37 @@ int abs(int);
 # Calls of C helpers that loop in C count this many operations each.
 C_LOOP = 64
 
+# The helper shared library of the dlopen ops, and its out-of-line ABI module (kept apart
+# from _cffi_ft_bench_abi so that struct_first's fresh FFI stays what it was).
+DL_MODULE = "_cffi_ft_bench_dl"
+DL_LIBRARY = "libcffi_ft_bench_dl.so"
+# dlopen_attr_first touches this many functions of each fresh Lib.
+DL_FIRST = 8
+
+DL_CDEF = """
+int bench_dl_add(int, int);
+int bench_dl_counter;
+""" + "".join("int bench_dl_f%d(int);\n" % i for i in range(DL_FIRST))
+
+DL_SOURCE = """
+int bench_dl_add(int a, int b) { return a + b; }
+int bench_dl_counter = 42;
+""" + "".join("int bench_dl_f%d(int x) { return x + %d; }\n" % (i, i) for i in range(DL_FIRST))
+
+
+def build_dl_library(out_dir):
+    """gcc (or $CC) -shared: the library the dlopen ops open, inside the prepared DIR."""
+    import shlex
+    import subprocess
+
+    src = os.path.join(out_dir, "cffi_ft_bench_dl.c")
+    with open(src, "w") as f:
+        f.write(DL_SOURCE)
+    cc = shlex.split(os.environ.get("CC") or "gcc")
+    out = os.path.join(out_dir, DL_LIBRARY)
+    subprocess.run(cc + ["-O2", "-shared", "-fPIC", "-o", out, src], check=True)
+    return out
+
 
 def prepare(out_dir):
     import cffi
@@ -88,6 +122,11 @@ def prepare(out_dir):
     ffi.cdef(ABI_CDEF)
     ffi.set_source(ABI_MODULE, None)
     ffi.compile(tmpdir=out_dir)
+    ffi = cffi.FFI()
+    ffi.cdef(DL_CDEF)
+    ffi.set_source(DL_MODULE, None)
+    ffi.compile(tmpdir=out_dir)
+    build_dl_library(out_dir)
     info = environment()
     with open(os.path.join(out_dir, "prepared.json"), "w") as f:
         json.dump(info, f)
@@ -123,6 +162,10 @@ class Env:
         self.abi = importlib.import_module(ABI_MODULE)
         with open(os.path.join(modules_dir, ABI_MODULE + ".py")) as f:
             self.abi_code = compile(f.read(), ABI_MODULE + ".py", "exec")
+        self.dl = importlib.import_module(DL_MODULE)
+        with open(os.path.join(modules_dir, DL_MODULE + ".py")) as f:
+            self.dl_code = compile(f.read(), DL_MODULE + ".py", "exec")
+        self.dl_path = os.path.join(modules_dir, DL_LIBRARY)
 
     def fresh_abi_ffi(self):
         ns = {}
@@ -132,6 +175,18 @@ class Env:
     def abi_ffi(self, k):
         """k = 0: the imported module's FFI; otherwise a fresh FFI of the same module."""
         return self.abi.ffi if k == 0 else self.fresh_abi_ffi()
+
+    def dl_ffi(self, k):
+        """The helper library's out-of-line FFI: k = 0 the imported one, else a fresh one."""
+        if k == 0:
+            return self.dl.ffi
+        ns = {}
+        exec(self.dl_code, ns)
+        return ns["ffi"]
+
+    def dl_lib(self, k):
+        """ffi.dlopen() of the helper library: a Lib of its own for each owner k."""
+        return self.dl_ffi(k).dlopen(self.dl_path)
 
     def api_mod(self, k):
         return self.api[k % len(self.api)]
@@ -277,6 +332,17 @@ def op_api_call(env, k):
 
 
 def op_dlopen_call(env, k):
+    lib = env.dl_lib(k)
+    assert lib.bench_dl_add(1, 2) == 3
+
+    def step(n):
+        # as users call: the attribute lookup (a cached hit) and the call, each time
+        for _ in repeat(None, n):
+            lib.bench_dl_add(1, 2)
+    return step
+
+
+def op_dlopen_call_bound(env, k):
     libc = env.abi_ffi(k).dlopen(None)
     f = libc.abs
     assert f(-5) == 5
@@ -284,6 +350,59 @@ def op_dlopen_call(env, k):
     def step(n):
         for _ in repeat(None, n):
             f(-5)
+    return step
+
+
+def op_dlopen_attr_hit(env, k):
+    lib = env.dl_lib(k)
+    lib.bench_dl_add
+
+    def step(n):
+        for _ in repeat(None, n):
+            lib.bench_dl_add
+    return step
+
+
+def op_dlopen_new(env, k):
+    ffi = env.dl_ffi(k)
+    dlopen, path = ffi.dlopen, env.dl_path
+    # keeps the library mapped: each fresh Lib only bumps (and its dealloc drops) the
+    # loader's count instead of mapping and unmapping the file
+    keep = dlopen(path)
+
+    def step(n, keep=keep):
+        for _ in repeat(None, n):
+            dlopen(path)
+    return step
+
+
+def op_dlopen_attr_first(env, k):
+    ffi = env.dl_ffi(k)
+    dlopen, path = ffi.dlopen, env.dl_path
+    keep = dlopen(path)   # the library stays mapped (see op_dlopen_new)
+    # the FFI realizes the function type once; a fresh Lib only fetches and caches
+    assert [getattr(keep, "bench_dl_f%d" % i)(1) for i in range(DL_FIRST)] == [1 + i for i in range(DL_FIRST)]
+    assert DL_FIRST == 8, "step() spells out the DL_FIRST names"
+
+    def step(n, keep=keep):
+        for _ in repeat(None, n):
+            lib = dlopen(path)
+            lib.bench_dl_f0; lib.bench_dl_f1; lib.bench_dl_f2; lib.bench_dl_f3
+            lib.bench_dl_f4; lib.bench_dl_f5; lib.bench_dl_f6; lib.bench_dl_f7
+    return step
+
+
+def op_dl_read_variable(env, k):
+    import _cffi_backend as B
+
+    lib = B.load_library(env.dl_path)   # its own handle per owner k
+    BInt = B.new_primitive_type("int")
+    read = lib.read_variable
+    assert read(BInt, "bench_dl_counter") == 42
+
+    def step(n):
+        for _ in repeat(None, n):
+            read(BInt, "bench_dl_counter")
     return step
 
 
@@ -340,7 +459,12 @@ OPS = {
     "struct_first": (op_struct_first, 1, False, "fresh FFI from an out-of-line ABI module + first realization of its struct"),
     "lib_attr": (op_lib_attr, 1, True, "lib.bench_add attribute access (API mode)"),
     "api_call": (op_api_call, 1, True, "call of an API-mode C function, lib.bench_add(1, 2)"),
-    "dlopen_call": (op_dlopen_call, 1, True, "ffi.dlopen(None).abs(-5), libc via ABI mode"),
+    "dlopen_call": (op_dlopen_call, 1, True, "lib.bench_dl_add(1, 2) on an ffi.dlopen() Lib of the helper library: cached attribute lookup + call, as users call"),
+    "dlopen_call_bound": (op_dlopen_call_bound, 1, True, "f(-5), f = ffi.dlopen(None).abs fetched once: the call alone (libc, ABI mode; named dlopen_call before step 3)"),
+    "dlopen_attr_hit": (op_dlopen_attr_hit, 1, True, "lib.bench_dl_add, already cached, on an ffi.dlopen() Lib (no call)"),
+    "dlopen_new": (op_dlopen_new, 1, False, "a fresh ffi.dlopen(path) Lib, dropped at once (dlopen + dlclose of a library kept loaded)"),
+    "dlopen_attr_first": (op_dlopen_attr_first, 1, False, "a fresh ffi.dlopen(path) Lib + first access of %d functions, per Lib (minus dlopen_new, / %d: per name)" % (DL_FIRST, DL_FIRST)),
+    "dl_read_variable": (op_dl_read_variable, 1, True, '_cffi_backend.load_library(path).read_variable(int, "bench_dl_counter"): dlsym + read'),
     "callback_from_c": (op_callback_from_c, C_LOOP, True, "ffi.callback called from C (a C loop calls it)"),
     "extern_python": (op_extern_python, C_LOOP, True, 'extern "Python" function called from C (a C loop calls it)'),
     "gc": (op_gc, 1, True, "ffi.gc(p, C destructor) + its collection when dropped"),

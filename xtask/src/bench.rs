@@ -55,7 +55,12 @@ pub const OPS: &[(&str, &str)] = &[
     ("struct_first", "fresh FFI from an out-of-line ABI module + first realization of a struct"),
     ("lib_attr", "lib.bench_add attribute access (API mode)"),
     ("api_call", "call of an API-mode C function"),
-    ("dlopen_call", "ffi.dlopen(None).abs(-5), libc in ABI mode"),
+    ("dlopen_call", "lib.bench_dl_add(1, 2) on an ffi.dlopen() Lib: cached attribute lookup + call"),
+    ("dlopen_call_bound", "f(-5), f = ffi.dlopen(None).abs fetched once: the call alone (named dlopen_call before step 3)"),
+    ("dlopen_attr_hit", "lib.bench_dl_add on an ffi.dlopen() Lib, already cached (no call)"),
+    ("dlopen_new", "a fresh ffi.dlopen(path) Lib, dropped at once (the library stays loaded)"),
+    ("dlopen_attr_first", "a fresh ffi.dlopen(path) Lib + first access of 8 functions, per Lib"),
+    ("dl_read_variable", "_cffi_backend.load_library(path).read_variable(int, name): dlsym + read"),
     ("callback_from_c", "ffi.callback called from C"),
     ("extern_python", "extern \"Python\" function called from C"),
     ("gc", "ffi.gc(p, C destructor) + its collection"),
@@ -74,8 +79,8 @@ const QUICK_SECONDS: f64 = 0.15;
 #[command(after_help = "\
 Each round runs every op once in every backend (backend order rotates per round); one run
 is a fresh process measuring `single` (ns/op: median of ~1 ms batches) and, in the
-threaded rounds, `own2` (2 threads, each on its own FFI/module/ctypes) and `shared2`
-(2 threads, same objects).
+threaded rounds, `own2` (2 threads, each on its own FFI/module/ctypes/Lib) and `shared2`
+(2 threads, same objects: e.g. dlopen_call calls through one Lib).
 
 Ratios: in each round, kit ns/op / other ns/op of the two runs of that round (same op,
 same interpreter, seconds apart; each run's fastest ~1 ms batch), for the kit against the
@@ -91,11 +96,12 @@ the previous step measured, or vanilla for the first.
 Modes: the default (90 rounds of 0.1 s, the 2-thread modes in 4 of them) is for
 verdicts. Many short rounds, because on a shared 2-core VM the noise is per process (a
 fresh process settles 3-10% faster or slower than the next and stays there), so only more
-processes narrow the interval; longer runs do not. Steps 0 and 1 (8 backends) took
-31.5 min on a shared 2-core VM (load average 5.2 at the start); the widths
+processes narrow the interval; longer runs do not. Steps 0 and 1 (8 backends, the 16 ops
+of then) took 31.5 min on a shared 2-core VM (load average 5.2 at the start); the widths
 (hi - lo) / median of its 150 single-thread intervals: median 2.4%, 71% at or below 3%,
-max 6.2%. Each further step adds 2 backends (about 8 min). --quick (3 rounds of 0.15 s,
-all threaded; about 3.5 min) is a smoke run: its intervals are 10-15% wide, too wide for
+max 6.2%. Each further op adds about 2 min (all 21 ops: about 42 min), each further step
+2 backends (about 10 min); --ops narrows a run. --quick (3 rounds of 0.15 s, all
+threaded; about 4.5 min) is a smoke run: its intervals are 10-15% wide, too wide for
 verdicts.
 
 Also reported: ns_per_op = min over rounds (ns_median too), scale2_own/_shared = the
@@ -128,7 +134,7 @@ pub struct BenchArgs {
     #[arg(long = "python", value_name = "PATH")]
     pythons: Vec<PathBuf>,
     /// A smoke run: 3 rounds of 0.15 s per mode, all with the 2-thread modes (steps 0 and
-    /// 1, both interpreters, all backends: about 3-4 minutes once built) instead of 90
+    /// 1, both interpreters, all backends: about 4.5 minutes once built) instead of 90
     /// rounds of 0.1 s. Its intervals are too wide for verdicts.
     #[arg(long)]
     quick: bool,
@@ -140,7 +146,8 @@ pub struct BenchArgs {
     seconds: Option<f64>,
     /// Operations, comma-separated (default: all): typeof_hit, new_pointer_type,
     /// new_array_type, new_function_type, new_array_type_churn, new_array, new_struct,
-    /// sizeof, cast, struct_first, lib_attr, api_call, dlopen_call, callback_from_c,
+    /// sizeof, cast, struct_first, lib_attr, api_call, dlopen_call, dlopen_call_bound,
+    /// dlopen_attr_hit, dlopen_new, dlopen_attr_first, dl_read_variable, callback_from_c,
     /// extern_python, gc.
     #[arg(long, value_name = "LIST")]
     ops: Option<String>,
