@@ -106,7 +106,9 @@ verdicts.
 
 Also reported: ns_per_op = min over rounds (ns_median too), scale2_own/_shared = the
 median over the threaded rounds of 2-thread throughput / 1-thread throughput of the same
-run. On GIL builds scaling is expected at or below 1.
+run. On GIL builds scaling is expected at or below 1. Per kit backend, that scaling is
+also divided by vanilla's on the same interpreter, round by round (scale2_*_vs_vanilla;
+on 3.13t vanilla runs with the GIL off: the scaling a step must keep).
 
 Backends: kit-stepN (the test-upstream cells, reused when newer than their inputs),
 vanilla-1.17.1 (unpatched; on 3.13t run with PYTHON_GIL=0: unsafe, the speed floor) and
@@ -115,9 +117,9 @@ forced, unsupported upstream). Their venvs live in target/cffi-ft/bench/ and are
 
 Output: the tables on stdout (ns/op; per kit backend its ratios [interval] with R for a
 regression and ? for inconclusive; the verdicts; the spread of the intervals; 2-thread
-scaling) and the elapsed time; target/cffi-ft/bench.json (per op and kit backend:
-`ratios` with ratio, lo, hi, level, spread, verdict, per_round; `verdicts` per kit
-backend) and target/cffi-ft/bench.svg: first the ratio chart (a panel per step, a plot
+scaling, then the kit's over vanilla's) and the elapsed time; target/cffi-ft/bench.json
+(per op and kit backend: `ratios` with ratio, lo, hi, level, spread, verdict, per_round,
+and scale2_*_vs_vanilla; `verdicts` per kit backend) and target/cffi-ft/bench.svg: first the ratio chart (a panel per step, a plot
 per interpreter, a dot per comparison at the median ratio with whiskers over its
 interval, a line at 1 and the threshold band), below it the absolute ns/op bars.
 Exit status: 0 measured (regressions are reported, not fatal: compare on a quiet
@@ -909,6 +911,15 @@ impl Summary {
         RatioStat::new(round_geomeans(&per_op), self.threshold)
     }
 
+    /// The 2-thread scaling of a comparison on op `oi` (own objects, or shared ones), as
+    /// kit scaling / other scaling: the median of the per-round ratios of the threaded
+    /// rounds. Below 1: the kit scales worse than the other backend.
+    pub fn scale_ratio(&self, c: &Comparison, oi: usize, shared: bool) -> Option<f64> {
+        let (k, o) = (&self.aggs[oi][c.kit], &self.aggs[oi][c.other]);
+        let (k, o) = if shared { (&k.scale2_shared_runs, &o.scale2_shared_runs) } else { (&k.scale2_own_runs, &o.scale2_own_runs) };
+        median(&round_ratios(k, o).into_iter().flatten().collect::<Vec<_>>())
+    }
+
     /// The label of a comparison's denominator: "kit-step0 3.13.5t", "vanilla 3.13.5t*".
     fn other_label(&self, c: &Comparison) -> String {
         let b = &self.backends[c.other];
@@ -1142,6 +1153,34 @@ pub fn render_table(s: &Summary) -> String {
             let _ = write!(line, " {cell:>W$}");
         }
         let _ = writeln!(out, "{}", line.trim_end());
+    }
+
+    // the kit's scaling against vanilla's on the same interpreter (vanilla-t: the floor
+    // with the GIL off), when both were measured
+    let vs_vanilla: Vec<&Comparison> = comps.iter().filter(|c| c.against == Against::Vanilla).collect();
+    let any_scaling = vs_vanilla.iter().any(|c| (0..s.ops.len()).any(|oi| s.scale_ratio(c, oi, false).is_some()));
+    if any_scaling {
+        let _ = writeln!(
+            out,
+            "\n2-thread scaling of the kit / vanilla's scaling on the same interpreter, own objects / shared objects \
+             (median of the per-round ratios; below 1: the kit scales worse)"
+        );
+        let mut l1 = format!("{:<opw$}", "op");
+        let mut l2 = format!("{:<opw$}", "");
+        for c in &vs_vanilla {
+            let b = &s.backends[c.kit];
+            let _ = write!(l1, " {:>W$}", b.family.name());
+            let _ = write!(l2, " {:>W$}", format!("{}{}", b.py_label(), b.marker()));
+        }
+        let _ = writeln!(out, "{}\n{}", l1.trim_end(), l2.trim_end());
+        for (oi, op) in s.ops.iter().enumerate() {
+            let mut line = format!("{op:<opw$}");
+            for c in &vs_vanilla {
+                let part = |shared: bool| s.scale_ratio(c, oi, shared).map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
+                let _ = write!(line, " {:>W$}", format!("{}/{}", part(false), part(true)));
+            }
+            let _ = writeln!(out, "{}", line.trim_end());
+        }
     }
 
     let mut notes = Vec::new();
@@ -1806,6 +1845,10 @@ struct JsonResult {
     ratio_vs_vanilla_t: Option<f64>,
     ratio_vs_upstream_t: Option<f64>,
     ratio_vs_vanilla_same_python: Option<f64>,
+    /// Kit backends: scale2_own / scale2_shared over vanilla's on the same interpreter
+    /// (median of the per-round ratios; below 1: the kit scales worse).
+    scale2_own_vs_vanilla: Option<f64>,
+    scale2_shared_vs_vanilla: Option<f64>,
     /// Kit backends: each comparison with its interval and verdict.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     ratios: Vec<JsonRatio>,
@@ -1951,6 +1994,7 @@ fn json_results(s: &Summary) -> Vec<JsonResult> {
             let kit_t_vs = |a: Against| {
                 mine.iter().find(|c| c.against == a && b.free_threaded).and_then(|c| median_vs(c.other))
             };
+            let vs_vanilla = mine.iter().copied().find(|c| c.against == Against::Vanilla);
             let vanilla_same = s
                 .backends
                 .iter()
@@ -1974,6 +2018,8 @@ fn json_results(s: &Summary) -> Vec<JsonResult> {
                 ratio_vs_vanilla_t: kit_t_vs(Against::Vanilla),
                 ratio_vs_upstream_t: kit_t_vs(Against::Upstream),
                 ratio_vs_vanilla_same_python: vanilla_same.and_then(median_vs),
+                scale2_own_vs_vanilla: vs_vanilla.and_then(|c| s.scale_ratio(c, oi, false)),
+                scale2_shared_vs_vanilla: vs_vanilla.and_then(|c| s.scale_ratio(c, oi, true)),
                 ratios: mine.iter().map(|c| json_ratio(s, c, s.ratio_stat(c, oi))).collect(),
                 agg,
             });
@@ -2198,7 +2244,9 @@ pub fn run(args: BenchArgs) -> Result<bool> {
                  round (a round runs every backend once per op, order rotated); ratio = median over rounds, [lo, hi] = order-statistic interval of \
                  that median ([x_(k), x_(n+1-k)], the largest k with binomial coverage >= 95%, else min..max with \
                  `level` its coverage); verdict: regression if lo > 1 + threshold, inconclusive if only hi is (or under \
-                 3 rounds), faster if hi < 1 / (1 + threshold), else ok; ratio_vs_* = the median per-round ratio"
+                 3 rounds), faster if hi < 1 / (1 + threshold), else ok; ratio_vs_* = the median per-round ratio; \
+                 scale2_*_vs_vanilla = median over the threaded rounds of (kit scale2_* / vanilla scale2_* of the same \
+                 round, same interpreter)"
             .into(),
         started_at,
         duration_s: t0.elapsed().as_secs_f64(),
@@ -2615,6 +2663,32 @@ not json
         assert!(t.contains("spread of the ratio intervals") && t.contains("max 0.0%"), "{t}");
         assert!(t.contains("1.90/1.20") && t.contains("ERR/ERR"), "{t}");
         assert!(t.contains("PYTHON_GIL=0") && t.contains("forced, unsupported upstream"), "{t}");
+    }
+
+    #[test]
+    fn scaling_is_reported_against_vanilla_round_by_round() {
+        let mut s = summary();
+        // op 0, per round (3 threaded rounds of 6): kit-t 0.75, 1.0, 0.5 ; vanilla-t 1.5, 1.25, 0.25
+        let runs = |v: [f64; 3]| vec![Some(v[0]), None, Some(v[1]), None, Some(v[2]), None];
+        s.aggs[0][1].scale2_own_runs = runs([0.75, 1.0, 0.5]);
+        s.aggs[0][3].scale2_own_runs = runs([1.5, 1.25, 0.25]);
+        s.aggs[0][1].scale2_shared_runs = runs([0.5, 0.5, 0.5]);
+        s.aggs[0][3].scale2_shared_runs = runs([1.0, 1.0, 1.0]);
+        let c = comparisons(&s.backends).into_iter().find(|c| c.kit == 1 && c.against == Against::Vanilla).unwrap();
+        // per round 0.5, 0.8, 2.0: the median of the ratios (not 0.75 / 1.25, the ratio of the medians)
+        assert_eq!(s.scale_ratio(&c, 0, false), Some(0.8));
+        assert_eq!(s.scale_ratio(&c, 0, true), Some(0.5));
+        assert_eq!(s.scale_ratio(&c, 1, false), None);
+        let t = render_table(&s);
+        let head = t.lines().position(|l| l.starts_with("2-thread scaling of the kit / vanilla")).expect(&t);
+        let lines: Vec<&str> = t.lines().skip(head).collect();
+        assert!(lines[1].contains("kit-step0") && lines[2].trim_end().ends_with("3.13.5t"), "{t}");
+        assert!(lines[3].starts_with("typeof_hit") && lines[3].contains("-/-") && lines[3].trim_end().ends_with("0.80/0.50"), "{t}");
+        let json = json_results(&s);
+        let r = json.iter().find(|r| r.op == "typeof_hit" && r.step == Some(0) && r.free_threaded).unwrap();
+        assert_eq!((r.scale2_own_vs_vanilla, r.scale2_shared_vs_vanilla), (Some(0.8), Some(0.5)));
+        // without threaded rounds there is no such table
+        assert!(!render_table(&summary()).contains("scaling of the kit / vanilla"));
     }
 
     #[test]
