@@ -14,7 +14,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::util::{self, capture, status, Step};
+use crate::util::{self, status, Step};
 
 /// The oldest interpreter the kit supports (cffi-ft targets 3.13).
 const MIN_VERSION: (u32, u32) = (3, 13);
@@ -408,49 +408,13 @@ const BUILD_DEPS: &[&str] = &[
     "liblzma-dev", "libsqlite3-dev", "libreadline-dev", "libexpat1-dev", "uuid-dev",
 ];
 
-fn ensure_build_deps(log: &Path) -> Result<()> {
-    let missing: Vec<&str> = BUILD_DEPS
-        .iter()
-        .copied()
-        .filter(|pkg| {
-            capture(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
-                .map(|s| !s.contains("install ok installed"))
-                .unwrap_or(true)
-        })
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    if !util::is_root() {
-        bail!("missing build dependencies: {} (install them with apt-get)", missing.join(" "));
-    }
-    status(format!("installing build dependencies: {}", missing.join(" ")));
-    Step {
-        label: "apt-get update".into(),
-        cmd: Command::new("apt-get").arg("update"),
-        log,
-        timeout: Some(std::time::Duration::from_secs(600)),
-    }
-    .run_ok()?;
-    Step {
-        label: "apt-get install".into(),
-        cmd: Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-        log,
-        timeout: Some(std::time::Duration::from_secs(1200)),
-    }
-    .run_ok()
-}
-
 fn build(source: &DebianSource, flavour: Flavour) -> Result<Interpreter> {
     let cache = util::cache_dir()?;
     let name = format!("{}-{}", source.version, flavour.dir_suffix());
     let prefix = python_root()?.join(&name);
     let build_dir = cache.join("build").join(&name);
     let log = cache.join("logs").join(format!("python-{name}.log"));
-    ensure_build_deps(&log)?;
+    util::ensure_debian_packages(BUILD_DEPS, "build dependencies", &log)?;
     let _ = fs::remove_file(&log);
     util::remove_dir_if_exists(&prefix)?;
     util::remove_dir_if_exists(&build_dir)?;

@@ -319,6 +319,62 @@ pub fn is_root() -> bool {
     capture(Command::new("id").arg("-u")).map(|s| s.trim() == "0").unwrap_or(false)
 }
 
+/// The packages of `packages` that `dpkg-query` does not report as installed (all of
+/// them where there is no dpkg).
+pub fn missing_debian_packages<'a>(packages: &[&'a str]) -> Vec<&'a str> {
+    packages
+        .iter()
+        .copied()
+        .filter(|pkg| {
+            capture(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
+                .map(|s| !s.contains("install ok installed"))
+                .unwrap_or(true)
+        })
+        .collect()
+}
+
+/// Makes sure the Debian packages `packages` are installed. Those that are missing are
+/// installed with `apt-get update` and `apt-get install --no-install-recommends` when we
+/// are root (output appended to `log`); otherwise it fails with one line naming them.
+/// `what` says who needs them, for the messages ("build dependencies"). One call at a
+/// time per process, and apt waits for a dpkg lock another program holds.
+pub fn ensure_debian_packages(packages: &[&str], what: &str, log: &Path) -> Result<()> {
+    static APT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = APT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let missing = missing_debian_packages(packages);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("missing {what}: {} (install them with apt-get)", missing.join(" "));
+    }
+    status(format!("installing {what}: {}", missing.join(" ")));
+    let wait_for_lock = ["-o", "DPkg::Lock::Timeout=600"];
+    Step {
+        label: "apt-get update".into(),
+        cmd: Command::new("apt-get").args(wait_for_lock).arg("update"),
+        log,
+        timeout: Some(Duration::from_secs(600)),
+    }
+    .run_ok()?;
+    Step {
+        label: "apt-get install".into(),
+        cmd: Command::new("apt-get")
+            .args(wait_for_lock)
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        log,
+        timeout: Some(Duration::from_secs(1200)),
+    }
+    .run_ok()?;
+    let still = missing_debian_packages(&missing);
+    if !still.is_empty() {
+        bail!("apt-get install left {what} missing: {} (log: {})", still.join(" "), log.display());
+    }
+    Ok(())
+}
+
 /// The newest modification time of any file under `paths` (build outputs and caches
 /// skipped): a cheap fingerprint of a build's inputs.
 pub fn newest_mtime(paths: &[PathBuf]) -> std::time::SystemTime {
@@ -415,6 +471,13 @@ mod tests {
             sha256_file(&f).unwrap(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn a_package_that_does_not_exist_is_missing() {
+        let pkgs = ["cffi-ft-no-such-package-a", "cffi-ft-no-such-package-b"];
+        assert_eq!(missing_debian_packages(&pkgs), pkgs);
+        assert!(missing_debian_packages(&[]).is_empty());
     }
 
     #[test]
