@@ -122,8 +122,10 @@ struct TestArgs {
     selection: Selection,
     /// Suites to run, comma-separated: upstream (cffi's suite), build (the kit's own
     /// checks), client-xattr (xattr 1.3.0 built against this cffi, its tests + 8 threads),
-    /// client-brotli (brotlicffi 1.2.1.0 built against this cffi, round-trips + 8 threads).
-    #[arg(long, value_name = "LIST", default_value = "upstream,build,client-xattr,client-brotli")]
+    /// client-brotli (brotlicffi 1.2.1.0 built against this cffi, round-trips + 8 threads),
+    /// client-cairo (cairocffi 1.7.1, ABI mode over the system's libcairo, installed with
+    /// apt-get when missing: its tests + pictures from 8 threads).
+    #[arg(long, value_name = "LIST", default_value = test_upstream::DEFAULT_SUITES)]
     suites: String,
     /// Run each test N times at once with pytest-run-parallel (1: plain run).
     #[arg(long, value_name = "N", default_value_t = 1)]
@@ -332,7 +334,7 @@ fn ci(args: CiArgs) -> Result<bool> {
             steps: Some("latest".into()),
             pythons: args.pythons,
         },
-        suites: "upstream,build,client-xattr,client-brotli".into(),
+        suites: test_upstream::DEFAULT_SUITES.into(),
         parallel_threads: 1,
         jobs: None,
         suite_timeout_min: 30,

@@ -46,6 +46,12 @@ pub enum Suite {
     /// (round-trips of a fixed corpus, then 8 threads). The sdist's own tests need
     /// brotli test data it does not ship, so they are not run.
     ClientBrotli,
+    /// A real client in ABI mode: cairocffi 1.7.1 (`ffi.dlopen`s the system's libcairo,
+    /// Debian's `libcairo2`, installed when missing) built from its sdist against this
+    /// cell's cffi; its own tests (`cairocffi/test_*.py`, through
+    /// `compat-tests/client_cairo_plugin.py`) and `compat-tests/test_client_cairo.py`
+    /// (pictures drawn by 8 threads, byte for byte against single-threaded ones).
+    ClientCairo,
 }
 
 /// A real cffi client package, pinned by the sha256 of its PyPI sdist.
@@ -53,6 +59,9 @@ struct Client {
     package: &'static str,
     version: &'static str,
     sha256: &'static str,
+    /// Its build backend when that is not in `compat-tests/requirements.txt` (the build
+    /// runs without isolation, so the backend must be in the venv), pinned.
+    build_requires: &'static [&'static str],
 }
 
 /// The client of the `client-xattr` suite.
@@ -60,6 +69,7 @@ const XATTR: Client = Client {
     package: "xattr",
     version: "1.3.0",
     sha256: "30439fabd7de0787b27e9a6e1d569c5959854cb322f64ce7380fedbfa5035036",
+    build_requires: &[],
 };
 
 /// The client of the `client-brotli` suite.
@@ -67,7 +77,23 @@ const BROTLICFFI: Client = Client {
     package: "brotlicffi",
     version: "1.2.1.0",
     sha256: "5d0b89e959f643aab4c58c15c06e1e87b6f6605e5e88c3c1c28f5ce1c58c4e5f",
+    build_requires: &[],
 };
+
+/// The client of the `client-cairo` suite. Its sdist builds with flit_core (`>=3.2,<4`).
+const CAIROCFFI: Client = Client {
+    package: "cairocffi",
+    version: "1.7.1",
+    sha256: "2e48ee864884ec4a3a34bfa8c9ab9999f688286eb714a15a43ec9d068c36557b",
+    build_requires: &["flit_core==3.12.0"],
+};
+
+/// Every suite, in the order of the default `--suites`.
+pub const ALL_SUITES: [Suite; 5] =
+    [Suite::Upstream, Suite::Build, Suite::ClientXattr, Suite::ClientBrotli, Suite::ClientCairo];
+
+/// The default `--suites` of test-upstream, and what `cargo xtask ci` runs: all of them.
+pub const DEFAULT_SUITES: &str = "upstream,build,client-xattr,client-brotli,client-cairo";
 
 impl Suite {
     pub fn name(self) -> &'static str {
@@ -76,6 +102,15 @@ impl Suite {
             Suite::Build => "build",
             Suite::ClientXattr => "client-xattr",
             Suite::ClientBrotli => "client-brotli",
+            Suite::ClientCairo => "client-cairo",
+        }
+    }
+
+    /// Debian packages the suite needs on the machine, installed before any cell runs.
+    pub fn system_packages(self) -> &'static [&'static str] {
+        match self {
+            Suite::ClientCairo => &["libcairo2"],
+            Suite::Upstream | Suite::Build | Suite::ClientXattr | Suite::ClientBrotli => &[],
         }
     }
 
@@ -85,7 +120,11 @@ impl Suite {
             "build" => Ok(Suite::Build),
             "client-xattr" => Ok(Suite::ClientXattr),
             "client-brotli" => Ok(Suite::ClientBrotli),
-            other => bail!("--suites: unknown suite {other:?} (known: upstream, build, client-xattr, client-brotli)"),
+            "client-cairo" => Ok(Suite::ClientCairo),
+            other => bail!(
+                "--suites: unknown suite {other:?} (known: {})",
+                ALL_SUITES.map(Suite::name).join(", ")
+            ),
         }
     }
 }
@@ -228,6 +267,9 @@ pub fn run_suite(plan: &Plan, step: u32, interp: &Interpreter, built: &BuiltCell
     let mut cmd = Command::new(&built.python);
     cmd.args(["-m", "pytest", "-v", "-rfE", "-p", "no:cacheprovider", "--timeout=900"])
         .arg(format!("--junitxml={}", junit.display()));
+    // Embedded interpreters (testing/embedding) start from the base prefix; let them
+    // find the patched cffi of this venv.
+    let mut pythonpath = vec![built.site_packages.clone()];
     match suite {
         Suite::Upstream => {
             cmd.args(["src/c/test_c.py", "testing"]).current_dir(&built.tree);
@@ -247,6 +289,21 @@ pub fn run_suite(plan: &Plan, step: u32, interp: &Interpreter, built: &BuiltCell
                 .arg(format!("--rootdir={}", tests.display()))
                 .current_dir(&tmp);
         }
+        Suite::ClientCairo => {
+            install_client(built, &CAIROCFFI, &log)?;
+            let tests = util::workspace_root().join("compat-tests");
+            // cairocffi's tests live in the package: run the installed copy (the sdist's
+            // would shadow it on sys.path). The plugin, found through PYTHONPATH, lets
+            // them run without pikepdf, numpy or gdk-pixbuf (see its docstring). pytest
+            // garbles the node ids of files outside its rootdir, so the rootdir holds both.
+            let installed = built.site_packages.join("cairocffi");
+            pythonpath.push(tests.clone());
+            cmd.args(["-p", "client_cairo_plugin", "-rfEs"]) // -rfEs: the reasons of the skips in the log
+                .arg(tests.join("test_client_cairo.py"))
+                .arg(&installed)
+                .arg(format!("--rootdir={}", common_ancestor(&tests, &installed).display()))
+                .current_dir(&tmp);
+        }
         Suite::Build => {
             let tests = util::workspace_root().join("compat-tests");
             cmd.arg(tests.join("test_build.py"))
@@ -263,9 +320,7 @@ pub fn run_suite(plan: &Plan, step: u32, interp: &Interpreter, built: &BuiltCell
         .env_remove("PYTHON_GIL")
         .env("PYTHONUNBUFFERED", "1")
         .env("PYTHONFAULTHANDLER", "1")
-        // Embedded interpreters (testing/embedding) start from the base prefix; let
-        // them find the patched cffi of this venv.
-        .env("PYTHONPATH", &built.site_packages)
+        .env("PYTHONPATH", std::env::join_paths(&pythonpath)?)
         .env("CFFI_FT_GIL_STATE_FILE", &gil_file)
         .env("CFFI_FT_EXPECT_STEP", step.to_string())
         .env("TMPDIR", &tmp);
@@ -313,16 +368,32 @@ pub fn run_suite(plan: &Plan, step: u32, interp: &Interpreter, built: &BuiltCell
     })
 }
 
+/// The deepest folder that holds both `a` and `b` (absolute paths).
+fn common_ancestor(a: &Path, b: &Path) -> PathBuf {
+    a.ancestors().find(|dir| b.starts_with(dir)).unwrap_or(Path::new("/")).to_path_buf()
+}
+
 /// Builds `client` from its pinned sdist into the cell's venv, against the patched
 /// cffi installed there (`--no-build-isolation`, so pip cannot pull another cffi).
 /// Returns the cell's copy of the source tree (for suites that run its `tests/`).
 fn install_client(built: &BuiltCell, client: &Client, log: &Path) -> Result<PathBuf> {
-    let Client { package, version, sha256 } = *client;
+    let Client { package, version, sha256, build_requires } = *client;
     let pristine =
         crate::upstream::fetch_pinned_package_sdist(package, version, sha256, &util::kit_target_dir().join("clients"))?;
     let tree = built.dir.join(format!("{package}-{version}"));
     util::remove_dir_if_exists(&tree)?;
     util::copy_tree(&pristine, &tree, &[])?;
+    if !build_requires.is_empty() {
+        Step {
+            label: format!("pip install the build backend of {package} ({})", build_requires.join(" ")),
+            cmd: Command::new(&built.python)
+                .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-deps"])
+                .args(build_requires),
+            log,
+            timeout: Some(Duration::from_secs(900)),
+        }
+        .run_ok()?;
+    }
     Step {
         label: format!("pip install {package} {version} (against this cell's cffi)"),
         cmd: Command::new(&built.python)
@@ -424,6 +495,20 @@ pub fn run(plan: &Plan) -> Result<bool> {
         plan.suites.iter().map(|s| s.name()).collect::<Vec<_>>().join(", "),
         if plan.parallel_threads > 1 { format!("; pytest-run-parallel × {}", plan.parallel_threads) } else { String::new() }
     ));
+    let mut packages: Vec<&str> = plan.suites.iter().flat_map(|s| s.system_packages().iter().copied()).collect();
+    packages.sort_unstable();
+    packages.dedup();
+    if !packages.is_empty() {
+        let needing: Vec<&str> =
+            plan.suites.iter().filter(|s| !s.system_packages().is_empty()).map(|s| s.name()).collect();
+        let what = format!("Debian packages for --suites {}", needing.join(","));
+        if util::has_dpkg() {
+            let log = util::kit_target_dir().join("logs").join("system-packages.log");
+            util::ensure_debian_packages(&packages, &what, &log)?;
+        } else {
+            util::warn(format!("no dpkg here: not checking the {what} ({}); install their equivalents", packages.join(" ")));
+        }
+    }
     let mut cells = Vec::new();
     for chunk in plan.interpreters.chunks(plan.jobs.max(1)) {
         let results: Vec<Vec<Cell>> = std::thread::scope(|scope| {
@@ -461,10 +546,33 @@ mod tests {
 
     #[test]
     fn every_suite_name_parses_back() {
-        for suite in [Suite::Upstream, Suite::Build, Suite::ClientXattr, Suite::ClientBrotli] {
+        for suite in ALL_SUITES {
             assert_eq!(Suite::parse(suite.name()).unwrap(), suite);
         }
         let err = Suite::parse("client-zlib").unwrap_err().to_string();
-        assert!(err.contains("client-brotli"), "{err}");
+        assert!(err.contains("upstream, build, client-xattr, client-brotli, client-cairo)"), "{err}");
+    }
+
+    #[test]
+    fn common_ancestor_of_two_trees() {
+        let root = Path::new("/work/kit");
+        let site = root.join("target/cffi-ft/cells/step2-py3.13.5t/venv/lib/python3.13t/site-packages/cairocffi");
+        assert_eq!(common_ancestor(&root.join("compat-tests"), &site), root);
+        assert_eq!(common_ancestor(&site, &root.join("compat-tests")), root);
+        assert_eq!(common_ancestor(root, &site), root);
+        assert_eq!(common_ancestor(Path::new("/a/b"), Path::new("/c")), Path::new("/"));
+    }
+
+    #[test]
+    fn the_default_suites_are_all_suites() {
+        assert_eq!(DEFAULT_SUITES, ALL_SUITES.map(Suite::name).join(","));
+    }
+
+    #[test]
+    fn only_the_cairo_suite_needs_system_packages() {
+        for suite in ALL_SUITES {
+            let expected: &[&str] = if suite == Suite::ClientCairo { &["libcairo2"] } else { &[] };
+            assert_eq!(suite.system_packages(), expected, "{}", suite.name());
+        }
     }
 }

@@ -319,6 +319,11 @@ pub fn is_root() -> bool {
     capture(Command::new("id").arg("-u")).map(|s| s.trim() == "0").unwrap_or(false)
 }
 
+/// Whether this machine has dpkg (Debian and its derivatives).
+pub fn has_dpkg() -> bool {
+    capture(Command::new("dpkg-query").arg("--version")).is_ok()
+}
+
 /// The packages of `packages` that `dpkg-query` does not report as installed (all of
 /// them where there is no dpkg).
 pub fn missing_debian_packages<'a>(packages: &[&'a str]) -> Vec<&'a str> {
