@@ -295,7 +295,7 @@ fn test_upstream(args: TestArgs) -> Result<bool> {
 }
 
 /// Crates whose concurrent core has loom models (tests/loom.rs).
-const LOOM_CRATES: &[&str] = &["ctype-intern", "realize-once"];
+const LOOM_CRATES: &[&str] = &["ctype-intern", "realize-once", "lib-registry"];
 
 fn loom() -> Result<bool> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());

@@ -1,0 +1,148 @@
+//! Model checks of the registry protocol with loom (run with
+//! `RUSTFLAGS="--cfg loom" cargo test -p lib-registry --release --test loom`, or
+//! `cargo xtask loom`).
+//!
+//! Under `--cfg loom` the crate's slot is a loom model of `ArcSwapOption`'s contract
+//! (see the crate doc); everything built on it -- the close winner, the deferred close
+//! by the last reference, the generation -- runs as in the real build. The fake loader
+//! panics on a double close and on a symbol lookup after close, so every model also
+//! checks those two in each interleaving.
+#![cfg(loom)]
+
+use lib_registry::fake::FakeLoader;
+use lib_registry::{Close, Library};
+use loom::sync::atomic::{AtomicUsize, Ordering};
+use loom::sync::{Arc, Mutex};
+use loom::thread;
+use std::ffi::CString;
+
+fn name(s: &str) -> CString {
+    CString::new(s).unwrap()
+}
+
+fn open(fake: &FakeLoader) -> Arc<Library<FakeLoader>> {
+    Arc::new(Library::new(fake.clone(), fake.open(), true, "libmodel.so"))
+}
+
+/// A reader pins and looks up a symbol (both the counted pin and the guard form)
+/// while another thread closes: the lookup either runs on the open handle or learns
+/// "closed"; the handle is closed exactly once, whoever ends up doing it.
+#[test]
+fn pin_races_with_close() {
+    loom::model(|| {
+        let fake = FakeLoader::new();
+        let lib = open(&fake);
+        let reader = {
+            let lib = lib.clone();
+            thread::spawn(move || {
+                let a = lib.pin().map(|p| p.symbol(&name("f")).unwrap());
+                let b = lib.with_pinned(|h| h.symbol(&name("g")).unwrap());
+                (a.is_some(), b.is_some())
+            })
+        };
+        let closing = lib.close().expect("the only closer wins");
+        let outcome = closing.finish();
+        let (pinned_f, pinned_g) = reader.join().unwrap();
+        // A later pin cannot succeed after an earlier one failed.
+        assert!(pinned_f || !pinned_g);
+        assert!(matches!(outcome, Close::Closed | Close::Deferred));
+        assert_eq!(fake.closes(), 1);
+        assert!(lib.pin().is_none());
+    });
+}
+
+/// Two closers: exactly one wins, exactly one OS close.
+#[test]
+fn two_closers() {
+    loom::model(|| {
+        let fake = FakeLoader::new();
+        let lib = open(&fake);
+        let winners = Arc::new(AtomicUsize::new(0));
+        let closers: Vec<_> = (0..2)
+            .map(|_| {
+                let (lib, winners) = (lib.clone(), winners.clone());
+                thread::spawn(move || {
+                    if let Some(closing) = lib.close() {
+                        winners.fetch_add(1, Ordering::Relaxed);
+                        assert_eq!(closing.finish(), Close::Closed);
+                    }
+                })
+            })
+            .collect();
+        for c in closers {
+            c.join().unwrap();
+        }
+        assert_eq!(winners.load(Ordering::Relaxed), 1);
+        assert_eq!(fake.closes(), 1);
+    });
+}
+
+/// A pin outlives the close: the close is deferred, the pinned handle still resolves
+/// symbols, and the thread that drops the last pin performs the OS close -- after
+/// its last lookup.
+#[test]
+fn last_unpin_closes() {
+    loom::model(|| {
+        let fake = FakeLoader::new();
+        let lib = open(&fake);
+        let pin = lib.pin().unwrap();
+        let holder = {
+            let fake = fake.clone();
+            thread::spawn(move || {
+                pin.symbol(&name("f")).unwrap();
+                pin.symbol(&name("g")).unwrap();
+                let closes_before = fake.closes();
+                drop(pin);
+                (closes_before, fake.closes())
+            })
+        };
+        let outcome = lib.close().unwrap().finish();
+        let (before, after) = holder.join().unwrap();
+        assert_eq!(before, 0, "the handle was closed while a pin was alive");
+        assert!(after <= 1);
+        // Deferred: the winner saw the pin alive; the last reference dropped -- the
+        // holder's pin, or the winner's own when the pin went first in the meantime --
+        // did the close. Closed: the pin was gone before the winner finished.
+        assert!(matches!(outcome, Close::Deferred | Close::Closed), "{outcome:?}");
+        assert_eq!(fake.closes(), 1);
+    });
+}
+
+/// A builder pins, builds, and caches its result only if the generation it pinned at
+/// is still current, under the owner's lock; the closer closes under that lock and
+/// forgets the cache after unlocking. Whatever the interleaving, the cache is empty
+/// once the close has returned, and a builder that cached did so from an open handle.
+#[test]
+fn close_races_with_builder_generation_check() {
+    loom::model(|| {
+        let fake = FakeLoader::new();
+        let lib = open(&fake);
+        // The owner's lock (a PyMutex at the edge) and its cache (the Lib's dict).
+        let cache: Arc<Mutex<Vec<usize>>> = Arc::new(Mutex::new(Vec::new()));
+        let owner_lock = Arc::new(Mutex::new(()));
+        let builder = {
+            let (lib, cache, owner_lock) = (lib.clone(), cache.clone(), owner_lock.clone());
+            thread::spawn(move || {
+                let Some(pin) = lib.pin() else { return false };
+                let built = pin.symbol(&name("f")).unwrap() as usize;
+                let _held = owner_lock.lock().unwrap();
+                if !lib.still_current(&pin) {
+                    return false; // "library has been closed"
+                }
+                cache.lock().unwrap().push(built);
+                true
+            })
+        };
+        {
+            let closing = {
+                let _held = owner_lock.lock().unwrap();
+                lib.close().unwrap()
+            };
+            cache.lock().unwrap().clear();
+            let _ = closing.finish();
+        }
+        let cached = builder.join().unwrap();
+        assert!(cache.lock().unwrap().is_empty(), "a builder re-inserted after the close (cached: {cached})");
+        assert_eq!(fake.closes(), 1);
+    });
+}
