@@ -104,6 +104,57 @@ static inline void cffi_ft_slot_publish(void **slot, void *value)
     __atomic_store_n(slot, value, __ATOMIC_RELEASE);
 }
 
+/* Step 3 (cargo feature lib-registry): the library registry
+   (crates/cffi-ft/src/lib_registry.rs over crates/lib-registry).
+
+   A CLibrary (load_library) and a dlopen'd Lib own one cffi_ft_lib instead of the raw
+   dlopen handle. Symbol lookups pin the handle; exactly one close wins; the OS
+   dlclose runs when the last pin is released. A pin can be handed to the object made
+   from a dlsym result (a global-variable object, a function-pointer cdata), which
+   keeps the library mapped until that object dies. Every function may be called from
+   any attached thread; none blocks. -1 means a Python exception is set (a panic of
+   the kit: SystemError). */
+typedef struct cffi_ft_lib cffi_ft_lib;
+typedef struct cffi_ft_lib_pin cffi_ft_lib_pin;
+typedef struct cffi_ft_lib_closing cffi_ft_lib_closing;
+
+/* Takes ownership of os_handle: 0 and *out, or -1. With auto_close, freeing the entry
+   while it is still open closes the handle (after its last pin). */
+CFFI_FT_PRIVATE int cffi_ft_lib_new(void *os_handle, int auto_close, const char *name,
+                                    cffi_ft_lib **out);
+/* From the owner's dealloc. NULL: no-op. */
+CFFI_FT_PRIVATE void cffi_ft_lib_free(cffi_ft_lib *lib);
+/* 1 and *out: this call won the close (finish it with cffi_ft_lib_close_finish);
+   0: already closed; -1. From the 1 on, pins fail and the generation is bumped. */
+CFFI_FT_PRIVATE int cffi_ft_lib_close(cffi_ft_lib *lib, cffi_ft_lib_closing **out);
+/* 0: closed now; 1: deferred to the last pin; 2: closed now, dlclose failed (message
+   in err); -1. Consumes closing. */
+CFFI_FT_PRIVATE int cffi_ft_lib_close_finish(cffi_ft_lib_closing *closing, char *err,
+                                             size_t errlen);
+CFFI_FT_PRIVATE uint64_t cffi_ft_lib_generation(const cffi_ft_lib *lib);
+/* 1 and *out, *generation: pinned; 0: closed; -1. */
+CFFI_FT_PRIVATE int cffi_ft_lib_pin_new(const cffi_ft_lib *lib, cffi_ft_lib_pin **out,
+                                        uint64_t *generation);
+/* NULL: no-op. The last pin of a closed library runs dlclose. */
+CFFI_FT_PRIVATE void cffi_ft_lib_unpin(cffi_ft_lib_pin *pin);
+/* dlsym on a pinned handle: 0 and *address (may be NULL); 1: not found, the loader's
+   message in err; -1. */
+CFFI_FT_PRIVATE int cffi_ft_lib_symbol(const cffi_ft_lib_pin *pin, const char *name,
+                                       void **address, char *err, size_t errlen);
+/* Looks name up and calls use(address, ctx) with the handle pinned for that call
+   only (no shared counter). Returns use's result (0, or -1 with an exception),
+   CFFI_FT_LIB_CLOSED, CFFI_FT_LIB_NOT_FOUND (message in err), or -1. */
+#define CFFI_FT_LIB_CLOSED (-2)
+#define CFFI_FT_LIB_NOT_FOUND (-3)
+CFFI_FT_PRIVATE int cffi_ft_lib_with_symbol(const cffi_ft_lib *lib, const char *name,
+                                            int (*use)(void *address, void *ctx),
+                                            void *ctx, char *err, size_t errlen);
+/* Hands pin to the object at owner (consumed either way): 0, or -1. The owner's
+   dealloc must call cffi_ft_lib_pin_detach(owner). */
+CFFI_FT_PRIVATE int cffi_ft_lib_pin_attach(const void *owner, cffi_ft_lib_pin *pin);
+/* From a dealloc: releases the pin attached to owner, if any. Never raises. */
+CFFI_FT_PRIVATE void cffi_ft_lib_pin_detach(const void *owner);
+
 #ifdef __cplusplus
 }
 #endif

@@ -13,7 +13,14 @@ pub const ENABLED_STEPS: &[u32] = &[
     1,
     #[cfg(feature = "realize-once")]
     2,
+    #[cfg(feature = "lib-registry")]
+    3,
 ];
+
+/// Step 3: what `cffi_ft_lib_with_symbol` returns when the library is closed, and when
+/// `dlsym` failed (`CFFI_FT_LIB_CLOSED`, `CFFI_FT_LIB_NOT_FOUND` in `cffi_ft.h`).
+pub const LIB_CLOSED: i32 = -2;
+pub const LIB_NOT_FOUND: i32 = -3;
 
 /// The interpreter ABI one side of the link was compiled for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,6 +109,15 @@ mod tests {
         assert_eq!(abi.major, 3);
         assert_eq!(ENABLED_STEPS.first(), Some(&0));
         assert!(ENABLED_STEPS.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn library_status_codes_match_the_c_header() {
+        let header = include_str!("../../../shim-c/include/cffi_ft.h");
+        for (name, value) in [("CLOSED", LIB_CLOSED), ("NOT_FOUND", LIB_NOT_FOUND)] {
+            let line = format!("#define CFFI_FT_LIB_{name} ({value})");
+            assert!(header.contains(&line), "cffi_ft.h must say {line:?}");
+        }
     }
 
     #[test]

@@ -24,6 +24,12 @@
 //! * `realize::cffi_ft_lazy_force` / `cffi_ft_lazy_complete_eagerly`: the once-state
 //!   machine of lazy structs.
 //!
+//! ## What step 3 exports (feature `lib-registry`)
+//! * `lib_registry::cffi_ft_lib_*`: the owner of every `dlopen` handle of a `CLibrary`
+//!   or `Lib` (crate `lib-registry`): pins, one winning close, the `dlclose` deferred
+//!   to the last pin, the generation that builders check, and pins attached to the
+//!   function-pointer cdata made from `dlsym` results.
+//!
 //! ## Concurrency contract
 //! Step 0 holds no shared mutable state; the unique cache's contract is documented in
 //! `unique_cache` and in the `ctype-intern` crate. Both entry points run on a thread that is
@@ -55,3 +61,7 @@ pub mod unique_cache;
 /// Step 2: the realization lock and lazy-struct completion (feature `realize-once`).
 #[cfg(all(feature = "realize-once", not(test)))]
 pub mod realize;
+
+/// Step 3: the library registry (feature `lib-registry`).
+#[cfg(all(feature = "lib-registry", not(test)))]
+pub mod lib_registry;
