@@ -1,4 +1,5 @@
-"""The cffi-ft stress suite: the 42 scenarios of cffi-hazards.md section 5.
+"""The cffi-ft stress suite: the 42 scenarios of cffi-hazards.md section 5, and the
+scenarios later steps added (s43: calls racing with ffi.dlclose, step 3).
 
 One test per scenario (test id = scenario name, e.g. ``s02_array_type_churn``). Each run
 of a scenario is its own subprocess (``child.py``, PYTHON_GIL removed from the
