@@ -36,7 +36,8 @@ pub enum Suite {
     /// cffi's own tests: `src/c/test_c.py` and `testing/`.
     Upstream,
     /// The kit's own checks: `compat-tests/test_build.py` (step 0: GIL stays off, kit
-    /// linked) and `test_unique_cache.py` (step 1: entries die with ctypes, identity).
+    /// linked), `test_unique_cache.py` (step 1: entries die with ctypes, identity) and
+    /// `test_lib_registry.py` (step 3: closed libraries raise, the deferred dlclose).
     Build,
     /// A real client: xattr 1.3.0 built from its sdist against this cell's cffi, its
     /// own tests and `compat-tests/test_client_xattr.py` (8 threads).
@@ -308,6 +309,7 @@ pub fn run_suite(plan: &Plan, step: u32, interp: &Interpreter, built: &BuiltCell
             let tests = util::workspace_root().join("compat-tests");
             cmd.arg(tests.join("test_build.py"))
                 .arg(tests.join("test_unique_cache.py"))
+                .arg(tests.join("test_lib_registry.py"))
                 .arg(format!("--rootdir={}", tests.display()))
                 .current_dir(&tmp);
         }
