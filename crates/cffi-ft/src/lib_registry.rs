@@ -9,7 +9,8 @@
 //!   one boxed [`Library`] (`cffi_ft_lib *`), freed by its `tp_dealloc`
 //!   (`cffi_ft_lib_free`). Exactly one close wins; the OS `dlclose` runs when the last
 //!   pin goes.
-//! * A `cffi_ft_lib_pin *` is one boxed [`Pin`]: owned by the C code that took it
+//! * A `cffi_ft_lib_pin *` is one [`Pin`] as a raw `Arc` pointer ([`Pin::into_raw`],
+//!   no allocation; the generation travels separately): owned by the C code that took it
 //!   until it unpins it or hands it on: to a global-variable object (`gs_lib_pin`,
 //!   released by its dealloc) or, with [`cffi_ft_lib_pin_attach`], to a
 //!   function-pointer cdata made from a `dlsym` result (released by
@@ -28,7 +29,7 @@
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::OnceLock;
 
-use lib_registry::{Close, Closing, Library, Loader, Pin, PinTable};
+use lib_registry::{Close, Closing, Library, Loader, OpenHandle, Pin, PinTable};
 use pyo3_ffi as ffi;
 
 use crate::edge::{entry, raise};
@@ -95,6 +96,19 @@ impl Loader for DlLoader {
 /// One `CLibrary`/`Lib` handle.
 pub type Lib = Library<DlLoader>;
 
+/// What C holds as a `cffi_ft_lib_pin *`.
+pub type RawPin = *const OpenHandle<DlLoader>;
+
+/// Takes back a pin that C hands over. The generation only matters to builders,
+/// which got it when they pinned.
+///
+/// # Safety
+/// `raw` came from [`cffi_ft_lib_pin_new`] and is not used by C afterwards.
+unsafe fn take_pin(raw: RawPin) -> Pin<DlLoader> {
+    // SAFETY: per the contract.
+    unsafe { Pin::from_raw(raw, 0) }
+}
+
 /// Pins attached to function-pointer cdata, keyed by the cdata's address.
 fn attached_pins() -> &'static PinTable<Pin<DlLoader>> {
     static TABLE: OnceLock<PinTable<Pin<DlLoader>>> = OnceLock::new();
@@ -136,8 +150,8 @@ pub unsafe extern "C" fn cffi_ft_lib_new(
 ) -> c_int {
     entry(|| {
         // SAFETY: per the contract above.
-        let name = unsafe { CStr::from_ptr(name) }.to_string_lossy();
-        let lib = Box::new(Library::new(DlLoader, RawHandle(os_handle), auto_close != 0, &name));
+        let name = unsafe { CStr::from_ptr(name) };
+        let lib = Box::new(Library::new(DlLoader, RawHandle(os_handle), auto_close != 0, name));
         // SAFETY: `out` is writable.
         unsafe { *out = Box::into_raw(lib) };
         0
@@ -221,7 +235,7 @@ pub unsafe extern "C" fn cffi_ft_lib_generation(lib: *const Lib) -> u64 {
 #[no_mangle]
 pub unsafe extern "C" fn cffi_ft_lib_pin_new(
     lib: *const Lib,
-    out: *mut *mut Pin<DlLoader>,
+    out: *mut RawPin,
     generation: *mut u64,
 ) -> c_int {
     entry(|| {
@@ -231,7 +245,7 @@ pub unsafe extern "C" fn cffi_ft_lib_pin_new(
                 // SAFETY: both out-pointers are writable.
                 unsafe {
                     *generation = pin.generation();
-                    *out = Box::into_raw(Box::new(pin));
+                    *out = pin.into_raw();
                 }
                 1
             }
@@ -245,12 +259,12 @@ pub unsafe extern "C" fn cffi_ft_lib_pin_new(
 /// # Safety
 /// `pin` came from [`cffi_ft_lib_pin_new`] and is not used afterwards (NULL: no-op).
 #[no_mangle]
-pub unsafe extern "C" fn cffi_ft_lib_unpin(pin: *mut Pin<DlLoader>) {
+pub unsafe extern "C" fn cffi_ft_lib_unpin(pin: RawPin) {
     if pin.is_null() {
         return;
     }
-    // SAFETY: per the contract, we own the box.
-    quiet_entry("releasing a library pin", || drop(unsafe { Box::from_raw(pin) }));
+    // SAFETY: per the contract, C gives the pin back.
+    quiet_entry("releasing a library pin", || drop(unsafe { take_pin(pin) }));
 }
 
 /// `dlsym` on a pinned handle: 0 and `*address` (possibly NULL), 1 if not found (the
@@ -261,7 +275,7 @@ pub unsafe extern "C" fn cffi_ft_lib_unpin(pin: *mut Pin<DlLoader>) {
 /// writable buffer of `errlen` bytes (or NULL).
 #[no_mangle]
 pub unsafe extern "C" fn cffi_ft_lib_symbol(
-    pin: *const Pin<DlLoader>,
+    pin: RawPin,
     name: *const c_char,
     address: *mut *mut c_void,
     err: *mut c_char,
@@ -269,8 +283,9 @@ pub unsafe extern "C" fn cffi_ft_lib_symbol(
 ) -> c_int {
     entry(|| {
         // SAFETY: per the contract.
-        let (pin, name) = unsafe { (&*pin, CStr::from_ptr(name)) };
-        match pin.symbol(name) {
+        let name = unsafe { CStr::from_ptr(name) };
+        // SAFETY: `pin` is live per the contract; it stays C's.
+        match unsafe { Pin::with_raw(pin, |open| open.symbol(name)) } {
             Ok(found) => {
                 // SAFETY: writable.
                 unsafe { *address = found };
@@ -325,10 +340,10 @@ pub unsafe extern "C" fn cffi_ft_lib_with_symbol(
 /// `pin` came from [`cffi_ft_lib_pin_new`] and is not used by the caller afterwards;
 /// `owner` is a live object whose dealloc calls [`cffi_ft_lib_pin_detach`].
 #[no_mangle]
-pub unsafe extern "C" fn cffi_ft_lib_pin_attach(owner: *const c_void, pin: *mut Pin<DlLoader>) -> c_int {
+pub unsafe extern "C" fn cffi_ft_lib_pin_attach(owner: *const c_void, pin: RawPin) -> c_int {
     entry(|| {
-        // SAFETY: per the contract, we own the box.
-        let pin = *unsafe { Box::from_raw(pin) };
+        // SAFETY: per the contract, C hands the pin over.
+        let pin = unsafe { take_pin(pin) };
         match attached_pins().attach(owner as usize, pin) {
             Ok(()) => 0,
             Err(pin) => {

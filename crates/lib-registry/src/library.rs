@@ -2,7 +2,7 @@
 
 use crate::slot::Slot;
 use crate::{Arc, AtomicBool, AtomicU64, Ordering};
-use std::ffi::{c_void, CStr};
+use std::ffi::{c_void, CStr, CString};
 use std::fmt;
 use std::ops::Deref;
 
@@ -29,7 +29,8 @@ pub trait Loader: Send + Sync {
 pub struct OpenHandle<L: Loader> {
     loader: L,
     raw: L::Raw,
-    name: Box<str>,
+    /// Kept as bytes: converted to text only for a (rare) deferred-close report.
+    name: CString,
     /// Whether dropping the last reference must close the handle: `auto_close` at
     /// first, set by the winner of [`Library::close`].
     close_on_last_drop: AtomicBool,
@@ -42,7 +43,7 @@ impl<L: Loader> OpenHandle<L> {
     }
 
     /// The printable name the library was registered with.
-    pub fn name(&self) -> &str {
+    pub fn name(&self) -> &CStr {
         &self.name
     }
 
@@ -65,7 +66,7 @@ impl<L: Loader> Drop for OpenHandle<L> {
         // one (release decrement, acquire fence) -- and the model's Arc likewise.
         if self.close_on_last_drop.load(Ordering::Relaxed) {
             if let Err(error) = self.loader.close(&self.raw) {
-                self.loader.deferred_close_failed(&self.name, error);
+                self.loader.deferred_close_failed(&self.name.to_string_lossy(), error);
             }
         }
     }
@@ -81,6 +82,33 @@ impl<L: Loader> Pin<L> {
     /// The library's generation when this pin was taken.
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// The pin as one pointer, for code that holds it across an FFI boundary (no
+    /// allocation); the generation is the caller's to keep. [`Pin::from_raw`] undoes it.
+    #[cfg(not(loom))]
+    pub fn into_raw(self) -> *const OpenHandle<L> {
+        Arc::into_raw(self.open)
+    }
+
+    /// Takes back a pin made by [`Pin::into_raw`].
+    ///
+    /// # Safety
+    /// `raw` came from [`Pin::into_raw`] of this `L` and is taken back at most once.
+    #[cfg(not(loom))]
+    pub unsafe fn from_raw(raw: *const OpenHandle<L>, generation: u64) -> Pin<L> {
+        // SAFETY: per the contract, `raw` is an `Arc::into_raw` result not yet taken back.
+        Pin { open: unsafe { Arc::from_raw(raw) }, generation }
+    }
+
+    /// Runs `f` on a pin made by [`Pin::into_raw`] without taking it back.
+    ///
+    /// # Safety
+    /// `raw` came from [`Pin::into_raw`] and has not been taken back.
+    #[cfg(not(loom))]
+    pub unsafe fn with_raw<R>(raw: *const OpenHandle<L>, f: impl FnOnce(&OpenHandle<L>) -> R) -> R {
+        // SAFETY: per the contract, the Arc behind `raw` is alive while we borrow it.
+        f(unsafe { &*raw })
     }
 }
 
@@ -147,8 +175,9 @@ impl<L: Loader> Library<L> {
     /// Takes ownership of an opened handle. With `auto_close`, dropping the
     /// [`Library`] while still open closes it (after its last pin); without it (a
     /// handle the user passed in), only an explicit [`Library::close`] does.
-    pub fn new(loader: L, raw: L::Raw, auto_close: bool, name: &str) -> Library<L> {
-        let open = OpenHandle { loader, raw, name: name.into(), close_on_last_drop: AtomicBool::new(auto_close) };
+    pub fn new(loader: L, raw: L::Raw, auto_close: bool, name: &CStr) -> Library<L> {
+        let open =
+            OpenHandle { loader, raw, name: name.to_owned(), close_on_last_drop: AtomicBool::new(auto_close) };
         Library { slot: Slot::new(Arc::new(open)), generation: AtomicU64::new(0) }
     }
 
@@ -191,13 +220,10 @@ impl<L: Loader> Library<L> {
     }
 }
 
-impl<L: Loader> Drop for Library<L> {
-    fn drop(&mut self) {
-        // The owner is gone: the handle closes with its last pin if it was opened
-        // with auto_close (close_on_last_drop), as cffi's dealloc always did.
-        drop(self.slot.take());
-    }
-}
+// Dropping a `Library` (its owner was deallocated) drops the slot's reference: the
+// handle closes with its last pin if it was opened with auto_close
+// (close_on_last_drop), as cffi's dealloc always did. No explicit `Drop`: emptying the
+// slot first would make arc-swap settle its readers' debts twice.
 
 #[cfg(all(test, not(loom)))]
 mod tests {
@@ -211,7 +237,7 @@ mod tests {
     #[test]
     fn pinned_symbols_and_one_close() {
         let fake = FakeLoader::new();
-        let lib = Library::new(fake.clone(), fake.open(), true, "libx.so");
+        let lib = Library::new(fake.clone(), fake.open(), true, &c("libx.so"));
         let pin = lib.pin().expect("open");
         assert_eq!(pin.symbol(&c("f")).unwrap() as usize, fake.address_of("f"));
         assert!(pin.symbol(&c("missing")).is_err());
@@ -229,7 +255,7 @@ mod tests {
     #[test]
     fn close_is_deferred_to_the_last_pin() {
         let fake = FakeLoader::new();
-        let lib = Library::new(fake.clone(), fake.open(), true, "libx.so");
+        let lib = Library::new(fake.clone(), fake.open(), true, &c("libx.so"));
         let p1 = lib.pin().unwrap();
         let p2 = p1.clone();
         assert_eq!(lib.close().unwrap().finish(), Close::Deferred);
@@ -244,7 +270,7 @@ mod tests {
     #[test]
     fn generation_tells_builders_about_a_close() {
         let fake = FakeLoader::new();
-        let lib = Library::new(fake.clone(), fake.open(), true, "libx.so");
+        let lib = Library::new(fake.clone(), fake.open(), true, &c("libx.so"));
         let pin = lib.pin().unwrap();
         assert!(lib.still_current(&pin));
         let closing = lib.close().unwrap();
@@ -256,15 +282,15 @@ mod tests {
     #[test]
     fn auto_close_decides_what_the_owners_drop_does() {
         let fake = FakeLoader::new();
-        drop(Library::new(fake.clone(), fake.open(), true, "auto"));
+        drop(Library::new(fake.clone(), fake.open(), true, &c("auto")));
         assert_eq!(fake.closes(), 1);
-        let lib = Library::new(fake.clone(), fake.open(), false, "borrowed");
+        let lib = Library::new(fake.clone(), fake.open(), false, &c("borrowed"));
         let pin = lib.pin().unwrap();
         drop(lib);
         drop(pin);
         assert_eq!(fake.closes(), 1, "a handle without auto_close is not closed by a drop");
         // ... but an explicit close closes it (cffi's close_lib/dlclose ignore auto_close).
-        let lib = Library::new(fake.clone(), fake.open(), false, "borrowed");
+        let lib = Library::new(fake.clone(), fake.open(), false, &c("borrowed"));
         assert_eq!(lib.close().unwrap().finish(), Close::Closed);
         assert_eq!(fake.closes(), 2);
     }
@@ -273,9 +299,9 @@ mod tests {
     fn close_errors_are_returned_now_or_reported_later() {
         let fake = FakeLoader::new();
         fake.fail_closes("boom");
-        let lib = Library::new(fake.clone(), fake.open(), true, "libx.so");
+        let lib = Library::new(fake.clone(), fake.open(), true, &c("libx.so"));
         assert_eq!(lib.close().unwrap().finish(), Close::Failed("boom".into()));
-        let lib = Library::new(fake.clone(), fake.open(), true, "liby.so");
+        let lib = Library::new(fake.clone(), fake.open(), true, &c("liby.so"));
         let pin = lib.pin().unwrap();
         assert_eq!(lib.close().unwrap().finish(), Close::Deferred);
         drop(pin);
@@ -286,7 +312,7 @@ mod tests {
     fn many_threads_many_closers() {
         for _ in 0..200 {
             let fake = FakeLoader::new();
-            let lib = Library::new(fake.clone(), fake.open(), true, "libx.so");
+            let lib = Library::new(fake.clone(), fake.open(), true, &c("libx.so"));
             let winners = std::sync::atomic::AtomicUsize::new(0);
             std::thread::scope(|s| {
                 for t in 0..8 {

@@ -2,8 +2,34 @@
 
 use crate::{AtomicUsize, Mutex, Ordering};
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 const SHARDS: usize = 16;
+
+/// Keys are object addresses: distinct, 16-byte aligned, not chosen by an adversary.
+/// A multiplicative hash of the address is enough (SipHash cost as much as the rest
+/// of an attach).
+#[derive(Default)]
+struct AddressHasher(u64);
+
+impl Hasher for AddressHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.0 = ((n as u64) >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn finish(&self) -> u64 {
+        // hashbrown takes the top 7 bits as its tag and the low bits as the bucket
+        self.0 ^ (self.0 >> 29)
+    }
+}
+
+type AddressMap<P> = HashMap<usize, P, BuildHasherDefault<AddressHasher>>;
 
 /// Values (pins) attached to foreign objects that have no field to hold them, keyed
 /// by the object's address: [`PinTable::attach`] when the object is made,
@@ -11,7 +37,7 @@ const SHARDS: usize = 16;
 /// reused). Sharded mutexes, each held for one hash-map operation; a detached value is
 /// returned to the caller, which drops it after the shard is unlocked.
 pub struct PinTable<P> {
-    shards: [Mutex<HashMap<usize, P>>; SHARDS],
+    shards: [Mutex<AddressMap<P>>; SHARDS],
     attached: AtomicUsize,
 }
 
@@ -23,10 +49,10 @@ impl<P> Default for PinTable<P> {
 
 impl<P> PinTable<P> {
     pub fn new() -> PinTable<P> {
-        PinTable { shards: std::array::from_fn(|_| Mutex::new(HashMap::new())), attached: AtomicUsize::new(0) }
+        PinTable { shards: std::array::from_fn(|_| Mutex::new(AddressMap::default())), attached: AtomicUsize::new(0) }
     }
 
-    fn shard(&self, owner: usize) -> &Mutex<HashMap<usize, P>> {
+    fn shard(&self, owner: usize) -> &Mutex<AddressMap<P>> {
         // Objects are at least 16-byte aligned; mix the bits above that.
         let h = (owner >> 4) ^ (owner >> 12);
         &self.shards[h % SHARDS]

@@ -21,7 +21,7 @@ fn name(s: &str) -> CString {
 }
 
 fn open(fake: &FakeLoader) -> Arc<Library<FakeLoader>> {
-    Arc::new(Library::new(fake.clone(), fake.open(), true, "libmodel.so"))
+    Arc::new(Library::new(fake.clone(), fake.open(), true, c"libmodel.so"))
 }
 
 /// A reader pins and looks up a symbol (both the counted pin and the guard form)
