@@ -13,9 +13,10 @@ at once); every output must equal, byte for byte, what the single-threaded run p
 """
 import random
 import sys
-import threading
 
 import pytest
+
+from client_threads import run_in_threads
 
 # A plain import, not importorskip: a backend that refuses to load must fail the suite.
 import brotlicffi
@@ -206,33 +207,24 @@ def _thread_round(name, reference, limit):
 
 
 def test_brotli_from_8_threads(reference):
-    barrier = threading.Barrier(THREADS)
-    errors = []
     done = [0] * THREADS
 
-    def work(t):
-        try:
-            barrier.wait()
-            # each thread walks the cases from its own offset, so different cases (and
-            # different ctypes, buffer sizes and error paths) run at the same time
-            for r in range(SMALL_ROUNDS):
-                name = SMALL[(t + r) % len(SMALL)]
-                _thread_round(name, reference, limit=None if (t + r) % 2 else 1024)
-                with pytest.raises(brotlicffi.error):
-                    brotlicffi.decompress(b"\xff" * (t + 1))
+    def work(t, start):
+        start()
+        # each thread walks the cases from its own offset, so different cases (and
+        # different ctypes, buffer sizes and error paths) run at the same time
+        for r in range(SMALL_ROUNDS):
+            name = SMALL[(t + r) % len(SMALL)]
+            _thread_round(name, reference, limit=None if (t + r) % 2 else 1024)
+            with pytest.raises(brotlicffi.error):
+                brotlicffi.decompress(b"\xff" * (t + 1))
+            done[t] += 1
+        names = list(CORPUS)
+        for r in range(FULL_ROUNDS):
+            for i in range(len(names)):
+                _thread_round(names[(t + i) % len(names)], reference, limit=None if r else 65536)
                 done[t] += 1
-            names = list(CORPUS)
-            for r in range(FULL_ROUNDS):
-                for i in range(len(names)):
-                    _thread_round(names[(t + i) % len(names)], reference, limit=None if r else 65536)
-                    done[t] += 1
-        except BaseException as e:   # reported by the main thread
-            errors.append("thread %d: %r" % (t, e))
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(THREADS)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    errors = run_in_threads(THREADS, work)
     assert not errors, errors[:3]
     assert done == [SMALL_ROUNDS + FULL_ROUNDS * len(CORPUS)] * THREADS

@@ -34,6 +34,8 @@ import time
 
 import pytest
 
+from client_threads import run_in_threads
+
 # A plain import, not importorskip: a library that does not load must fail the suite.
 import cairocffi
 
@@ -189,41 +191,31 @@ def reference_pictures(tmp_dir):
 def run_threads(refs, tmp_dir, rounds):
     """THREADS threads released by a barrier draw the pictures `rounds` times each and
     check every result against `refs`; returns (errors, rounds done per thread)."""
-    barrier = threading.Barrier(THREADS)
     png_turns = None if callbacks_thread_safe() else threading.Lock()
-    errors = []
     done = [0] * THREADS
 
-    def work(t):
-        try:
-            path = os.path.join(tmp_dir, "thread%d.png" % t)
-            barrier.wait()
-            for r in range(rounds):
-                k = (t + r) % PICTURES
-                pixels, png, reports = refs[k]
-                surface, got_reports = draw(k)
-                assert got_reports == reports, "picture %d: cairo reported %r, expected %r" % (k, got_reports, reports)
-                assert bytes(surface.get_data()) == pixels, "picture %d: pixels differ" % k
-                if png_turns is None:
+    def work(t, start):
+        path = os.path.join(tmp_dir, "thread%d.png" % t)
+        start()
+        for r in range(rounds):
+            k = (t + r) % PICTURES
+            pixels, png, reports = refs[k]
+            surface, got_reports = draw(k)
+            assert got_reports == reports, "picture %d: cairo reported %r, expected %r" % (k, got_reports, reports)
+            assert bytes(surface.get_data()) == pixels, "picture %d: pixels differ" % k
+            if png_turns is None:
+                got = png_bytes(surface)
+            else:
+                with png_turns:
                     got = png_bytes(surface)
-                else:
-                    with png_turns:
-                        got = png_bytes(surface)
-                assert got == png, "picture %d: PNG to a stream differs (%d vs %d bytes)" % (k, len(got), len(png))
-                surface.write_to_png(path)
-                with open(path, "rb") as f:
-                    got = f.read()
-                assert got == png, "picture %d: PNG to a file differs (%d vs %d bytes)" % (k, len(got), len(png))
-                done[t] += 1
-        except BaseException as e:   # reported by the caller
-            errors.append("thread %d: %r" % (t, e))
+            assert got == png, "picture %d: PNG to a stream differs (%d vs %d bytes)" % (k, len(got), len(png))
+            surface.write_to_png(path)
+            with open(path, "rb") as f:
+                got = f.read()
+            assert got == png, "picture %d: PNG to a file differs (%d vs %d bytes)" % (k, len(got), len(png))
+            done[t] += 1
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(THREADS)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    return errors, done
+    return run_in_threads(THREADS, work), done
 
 
 @pytest.fixture(scope="module")

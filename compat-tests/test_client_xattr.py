@@ -7,9 +7,10 @@ written, and importing xattr must leave the GIL as it was.
 """
 import os
 import sys
-import threading
 
 import pytest
+
+from client_threads import run_in_threads
 
 xattr = pytest.importorskip("xattr")
 
@@ -40,33 +41,24 @@ def test_xattr_from_8_threads(tmp_path):
         f = tmp_path / ("own%d" % t)
         f.write_bytes(b"")
         own.append(str(f))
-    barrier = threading.Barrier(THREADS)
-    errors = []
 
-    def work(t):
-        try:
-            mine = xattr.xattr(own[t])
-            everyone = xattr.xattr(str(shared))
-            barrier.wait()
-            for r in range(ROUNDS):
-                value = ("%d:%d" % (t, r)).encode()
-                mine["user.round"] = value
-                assert mine["user.round"] == value
-                assert "user.round" in mine.list()
-                key = "user.t%d" % t
-                everyone[key] = value
-                assert everyone[key] == value
-                assert xattr.getxattr(own[t], "user.round") == value
-                del mine["user.round"]
-                assert "user.round" not in mine.list()
-        except BaseException as e:   # reported by the main thread
-            errors.append("thread %d: %r" % (t, e))
+    def work(t, start):
+        mine = xattr.xattr(own[t])
+        everyone = xattr.xattr(str(shared))
+        start()
+        for r in range(ROUNDS):
+            value = ("%d:%d" % (t, r)).encode()
+            mine["user.round"] = value
+            assert mine["user.round"] == value
+            assert "user.round" in mine.list()
+            key = "user.t%d" % t
+            everyone[key] = value
+            assert everyone[key] == value
+            assert xattr.getxattr(own[t], "user.round") == value
+            del mine["user.round"]
+            assert "user.round" not in mine.list()
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(THREADS)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    errors = run_in_threads(THREADS, work)
     assert not errors, errors[:3]
     final = xattr.xattr(str(shared))
     for t in range(THREADS):
