@@ -364,9 +364,10 @@ pub unsafe extern "C" fn cffi_ft_lib_pin_attach(owner: *const c_void, pin: RawPi
 /// `owner` is the dying object's address (its memory not yet reused).
 #[no_mangle]
 pub unsafe extern "C" fn cffi_ft_lib_pin_detach(owner: *const c_void) {
-    let table = attached_pins();
-    if !table.maybe_attached() {
-        return;
-    }
-    quiet_entry("releasing an attached library pin", || drop(table.detach(owner as usize)));
+    quiet_entry("releasing an attached library pin", || {
+        let table = attached_pins();
+        if table.maybe_attached() {
+            drop(table.detach(owner as usize));
+        }
+    });
 }

@@ -13,7 +13,6 @@ struct Record {
     /// Per handle: closed yet?
     closed: Vec<bool>,
     closes: usize,
-    symbol_lookups: usize,
     fail_closes: Option<String>,
     deferred_failures: Vec<(String, String)>,
 }
@@ -47,16 +46,6 @@ impl FakeLoader {
         self.record().closes
     }
 
-    /// How many symbol lookups ran.
-    pub fn symbol_lookups(&self) -> usize {
-        self.record().symbol_lookups
-    }
-
-    /// Whether this handle was closed.
-    pub fn is_closed(&self, h: FakeHandle) -> bool {
-        self.record().closed[h.0]
-    }
-
     /// From now on every close fails with `error` (the handle counts as closed).
     pub fn fail_closes(&self, error: &str) {
         self.record().fail_closes = Some(error.to_string());
@@ -77,9 +66,8 @@ impl Loader for FakeLoader {
     type Raw = FakeHandle;
 
     fn symbol(&self, raw: &FakeHandle, name: &CStr) -> Result<*mut c_void, String> {
-        let mut r = self.record();
+        let r = self.record();
         assert!(!r.closed[raw.0], "symbol lookup of {name:?} on a closed handle");
-        r.symbol_lookups += 1;
         let name = name.to_str().unwrap();
         if name == "missing" {
             return Err(format!("undefined symbol: {name}"));

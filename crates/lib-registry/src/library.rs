@@ -42,16 +42,6 @@ impl<L: Loader> OpenHandle<L> {
         self.loader.symbol(&self.raw, name)
     }
 
-    /// The printable name the library was registered with.
-    pub fn name(&self) -> &CStr {
-        &self.name
-    }
-
-    /// The OS handle itself (for code that must hand it on, e.g. to report it).
-    pub fn raw(&self) -> &L::Raw {
-        &self.raw
-    }
-
     /// Closes now: the caller holds the only reference.
     fn close_now(self) -> Result<(), String> {
         self.close_on_last_drop.store(false, Ordering::Relaxed);
@@ -193,11 +183,6 @@ impl<L: Loader> Library<L> {
     /// library is closed. Lock-free; in the common case no shared counter is touched.
     pub fn with_pinned<R>(&self, f: impl FnOnce(&OpenHandle<L>) -> R) -> Option<R> {
         self.slot.with(|open| open.map(f))
-    }
-
-    /// Whether the library is still open (a snapshot).
-    pub fn is_open(&self) -> bool {
-        self.slot.is_some()
     }
 
     /// The number of successful closes so far (0 or 1).

@@ -30,10 +30,6 @@ impl<T> Slot<T> {
     pub(crate) fn take(&self) -> Option<Arc<T>> {
         self.0.swap(None)
     }
-
-    pub(crate) fn is_some(&self) -> bool {
-        self.0.load().is_some()
-    }
 }
 
 #[cfg(loom)]
@@ -57,9 +53,5 @@ impl<T> Slot<T> {
 
     pub(crate) fn take(&self) -> Option<Arc<T>> {
         self.0.lock().unwrap().take()
-    }
-
-    pub(crate) fn is_some(&self) -> bool {
-        self.0.lock().unwrap().is_some()
     }
 }
