@@ -14,11 +14,12 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
 import _cffi_backend as B
+# the stress suite's /proc/self/maps check and its wait for 3.13t's deferred frees
+from stress.cffi_stress._support import is_mapped, settled
 
 STEP3 = 3 in getattr(B, "__cffi_ft__", {}).get("steps", ())
 pytestmark = pytest.mark.skipif(not STEP3, reason="backend without step 3 (lib-registry)")
@@ -64,19 +65,9 @@ def outofline_ffi(tmp_path_factory, libpath):
     return _libreg_abi.ffi
 
 
-def is_mapped(path):
-    real = os.path.realpath(path)
-    with open("/proc/self/maps") as f:
-        return any(line.rstrip("\n").endswith(real) for line in f)
-
-
 def wait_unmapped(path):
     """The last function died; on 3.13t queued reference counts may need a collection."""
-    deadline = time.monotonic() + 5
-    gc.collect()
-    while is_mapped(path) and time.monotonic() < deadline:
-        time.sleep(0.01)
-        gc.collect()
+    settled(lambda: not is_mapped(path))
     return not is_mapped(path)
 
 
