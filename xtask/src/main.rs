@@ -295,7 +295,7 @@ fn test_upstream(args: TestArgs) -> Result<bool> {
 }
 
 /// Crates whose concurrent core has loom models (tests/loom.rs).
-const LOOM_CRATES: &[&str] = &["ctype-intern", "realize-once", "lib-registry"];
+const LOOM_CRATES: &[&str] = &["ctype-intern", "realize-once", "lib-registry", "callback-dispatch"];
 
 fn loom() -> Result<bool> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -341,6 +341,8 @@ fn ci(args: CiArgs) -> Result<bool> {
         pytest_args: Vec::new(),
     };
     let plan = plan_from(&test_args)?;
+    util::status("ci: cargo test cffi-ft with every step's features");
+    test_upstream::test_umbrella_features(&plan)?;
     let upstream_ok = test_upstream::run(&plan)?;
     util::status("ci: stress suite, short (scale 0.1, one run), latest step, both interpreters");
     let short = stress::StressArgs { threads: 8, rounds: None, scale: 0.1, repeat: 1, timeout: 120, only: None };
