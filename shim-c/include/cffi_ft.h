@@ -155,6 +155,48 @@ CFFI_FT_PRIVATE int cffi_ft_lib_pin_attach(const void *owner, cffi_ft_lib_pin *p
 /* From a dealloc: releases the pin attached to owner, if any. Never raises. */
 CFFI_FT_PRIVATE void cffi_ft_lib_pin_detach(const void *owner);
 
+/* Step 4 (cargo feature callback-dispatch): callback dispatch
+   (crates/cffi-ft/src/callbacks.rs over crates/callback-dispatch).
+
+   The closure pool replaces malloc_closure.h's free list where cffi uses its own
+   allocator (every platform but NetBSD, macOS >= 10.15 and Emscripten, where libffi's
+   ffi_closure_alloc is used and left alone). Each block has one owner; a freed block
+   is first redirected by the caller's kill() (under the pool's lock: kill must only
+   rewrite the trampoline) and then waits in a FIFO quarantine of 1024 blocks before
+   reuse. The pool functions call no CPython API and may run on any thread. */
+#define CFFI_FT_CLOSURE_DOUBLE_FREE (-4)
+#define CFFI_FT_CLOSURE_FOREIGN (-5)
+/* Once, at module init: block_size = sizeof(ffi_closure); executable = 0 when the
+   pages must not be PROT_EXEC (PaX EMUTRAMP). 0, or -1 with an exception. */
+CFFI_FT_PRIVATE int cffi_ft_closure_pool_init(size_t block_size, int executable);
+/* A block, or NULL (out of memory; no exception set). */
+CFFI_FT_PRIVATE void *cffi_ft_closure_alloc(void);
+/* kill(block), then quarantine: 0, CFFI_FT_CLOSURE_DOUBLE_FREE or
+   CFFI_FT_CLOSURE_FOREIGN (nothing done), -1 (kit bug, on stderr). Never raises. */
+CFFI_FT_PRIVATE int cffi_ft_closure_free(void *block, void (*kill)(void *block));
+
+/* Foreign threads: release() runs on this thread when it ends, before its pthread
+   keys are cleared (a Rust thread-local destructor). 1: registered now; 0: this
+   thread has it already; -1: the thread is ending. No CPython API. */
+CFFI_FT_PRIVATE int cffi_ft_thread_at_exit(void (*release)(void));
+
+/* The binding of an extern "Python" function: reserved1 of its struct
+   _cffi_externpy_s is NULL until the first binding, then points to a lock-free slot
+   (reserved2 is unused). All on attached threads. */
+struct _cffi_externpy_s;
+/* NEW reference to the info tuple bound for interp_key, or NULL (no exception). */
+CFFI_FT_PRIVATE PyObject *cffi_ft_xpy_lookup(struct _cffi_externpy_s *xp,
+                                             PyObject *interp_key);
+/* Binds (both borrowed; the binding keeps its own references); returns the previous
+   binding for cffi_ft_xpy_release, to be called after unlocking (may be NULL). */
+CFFI_FT_PRIVATE void *cffi_ft_xpy_bind(struct _cffi_externpy_s *xp, PyObject *interp_key,
+                                       PyObject *infotuple);
+CFFI_FT_PRIVATE void cffi_ft_xpy_release(void *old_binding);
+/* At module init: 0 if the C compiler's layout of struct _cffi_externpy_s is the
+   staticlib's (bindgen over parse_c_type.h), else -1 with ImportError. */
+CFFI_FT_PRIVATE int cffi_ft_xpy_check_layout(size_t size, size_t reserved1_offset,
+                                             size_t reserved2_offset);
+
 #ifdef __cplusplus
 }
 #endif

@@ -142,16 +142,49 @@ pub fn cell_dir(step: u32, interp: &Interpreter) -> PathBuf {
     util::kit_target_dir().join("cells").join(format!("step{step}-py{}", interp.label()))
 }
 
-/// Builds the staticlib for `interp` with the features of `step`; returns the archive.
-pub fn build_staticlib(series: &Series, step: u32, interp: &Interpreter, log: &Path) -> Result<PathBuf> {
+/// Debian packages that building the staticlib with a cargo feature needs: bindgen
+/// (step 4's layout of `struct _cffi_externpy_s`) loads libclang at build time.
+const FEATURE_BUILD_PACKAGES: &[(&str, &[&str])] = &[("callback-dispatch", &["libclang1"])];
+
+fn ensure_feature_build_packages(features: &[String], log: &Path) -> Result<()> {
+    let packages: Vec<&str> = FEATURE_BUILD_PACKAGES
+        .iter()
+        .filter(|(feature, _)| features.iter().any(|f| f == feature))
+        .flat_map(|(_, packages)| packages.iter().copied())
+        .collect();
+    util::ensure_debian_packages(&packages, "build dependencies of the staticlib", log)
+}
+
+/// `cargo test -p cffi-ft` with the features of the latest step (the unit tests that
+/// only exist behind them, e.g. step 4's struct layout), against the upstream tree.
+pub fn test_umbrella_features(plan: &Plan) -> Result<()> {
+    let features = plan.series.features_up_to(plan.series.latest_step());
+    let dir = util::kit_target_dir();
+    fs::create_dir_all(&dir)?;
+    let log = dir.join("umbrella-features.log");
+    ensure_feature_build_packages(&features, &log)?;
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(util::workspace_root())
+        .args(["test", "--package", "cffi-ft", "--features"])
+        .arg(features.join(","))
+        .env("CFFI_FT_CFFI_HEADERS", plan.upstream.tree.join("src").join("cffi"));
+    Step { label: "cargo test cffi-ft (every step's features)".into(), cmd: &mut cmd, log: &log, timeout: None }
+        .run_ok()
+}
+
+/// Builds the staticlib for `interp` with the features of `step`, against the cffi tree
+/// `tree` (step 4 reads its `src/cffi/parse_c_type.h`); returns the archive.
+pub fn build_staticlib(series: &Series, step: u32, interp: &Interpreter, tree: &Path, log: &Path) -> Result<PathBuf> {
     let target_dir = util::kit_target_dir().join("cargo").join(format!("py{}", interp.label()));
     let features = series.features_up_to(step);
+    ensure_feature_build_packages(&features, log)?;
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(util::workspace_root())
         .args(["build", "--release", "--package", "cffi-ft", "--target-dir"])
         .arg(&target_dir)
         .env("PYO3_PYTHON", &interp.executable)
         .env("PYO3_BUILD_EXTENSION_MODULE", "1")
+        .env("CFFI_FT_CFFI_HEADERS", tree.join("src").join("cffi"))
         // cargo passes these to build scripts of the xtask itself; keep them out
         .env_remove("CARGO_TARGET_DIR")
         .env_remove("RUSTFLAGS");
@@ -176,7 +209,7 @@ pub fn build_cell(plan: &Plan, step: u32, interp: &Interpreter) -> Result<BuiltC
     util::copy_tree(&plan.upstream.tree, &tree, &[".git"])?;
     series::apply(&tree, &plan.series.up_to(step))?;
 
-    let built = build_staticlib(&plan.series, step, interp, &log)?;
+    let built = build_staticlib(&plan.series, step, interp, &tree, &log)?;
     let staticlib = dir.join("libcffi_ft.a");
     fs::copy(&built, &staticlib).with_context(|| format!("cargo built no {}", built.display()))?;
 

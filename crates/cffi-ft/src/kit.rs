@@ -15,12 +15,19 @@ pub const ENABLED_STEPS: &[u32] = &[
     2,
     #[cfg(feature = "lib-registry")]
     3,
+    #[cfg(feature = "callback-dispatch")]
+    4,
 ];
 
 /// Step 3: what `cffi_ft_lib_with_symbol` returns when the library is closed, and when
 /// `dlsym` failed (`CFFI_FT_LIB_CLOSED`, `CFFI_FT_LIB_NOT_FOUND` in `cffi_ft.h`).
 pub const LIB_CLOSED: i32 = -2;
 pub const LIB_NOT_FOUND: i32 = -3;
+
+/// Step 4: what `cffi_ft_closure_free` returns for a block that was already freed, and
+/// for a pointer the pool never handed out (`CFFI_FT_CLOSURE_*` in `cffi_ft.h`).
+pub const CLOSURE_DOUBLE_FREE: i32 = -4;
+pub const CLOSURE_FOREIGN: i32 = -5;
 
 /// The interpreter ABI one side of the link was compiled for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,10 +119,15 @@ mod tests {
     }
 
     #[test]
-    fn library_status_codes_match_the_c_header() {
+    fn status_codes_match_the_c_header() {
         let header = include_str!("../../../shim-c/include/cffi_ft.h");
-        for (name, value) in [("CLOSED", LIB_CLOSED), ("NOT_FOUND", LIB_NOT_FOUND)] {
-            let line = format!("#define CFFI_FT_LIB_{name} ({value})");
+        for (name, value) in [
+            ("LIB_CLOSED", LIB_CLOSED),
+            ("LIB_NOT_FOUND", LIB_NOT_FOUND),
+            ("CLOSURE_DOUBLE_FREE", CLOSURE_DOUBLE_FREE),
+            ("CLOSURE_FOREIGN", CLOSURE_FOREIGN),
+        ] {
+            let line = format!("#define CFFI_FT_{name} ({value})");
             assert!(header.contains(&line), "cffi_ft.h must say {line:?}");
         }
     }
