@@ -349,6 +349,23 @@ static void *loop_main(void *p)
     return NULL;
 }
 
+/* The number of thread states of the main interpreter (s16: the states of ended
+   foreign threads must not linger).  cffi's wrapper calls this detached; the list is
+   stable because no thread starts or ends while s16 counts.  -1 where the limited API
+   hides the list. */
+int xp_thread_states(void)
+{
+#ifdef Py_LIMITED_API
+    return -1;
+#else
+    int n = 0;
+    PyThreadState *t = PyInterpreterState_ThreadHead(PyInterpreterState_Main());
+    for (; t != NULL; t = PyThreadState_Next(t))
+        n++;
+    return n;
+#endif
+}
+
 /* nthreads C threads each call extern "Python" 'which' iters times; every result must
    be a1*x+b1 or a2*x+b2.  Returns the number of other results (or -1). */
 int xp_loop(int which, int nthreads, int iters, int a1, int b1, int a2, int b2)
@@ -375,7 +392,8 @@ def api_xp_source():
     cdef = ['extern "Python" int xp%d(int);' % n for n in range(NXP)]
     cdef += ["int xp_call(int which, int x);",
              "int xp_race(int which, int warm, int nthreads, int x, int *results);",
-             "int xp_loop(int which, int nthreads, int iters, int a1, int b1, int a2, int b2);"]
+             "int xp_loop(int which, int nthreads, int iters, int a1, int b1, int a2, int b2);",
+             "int xp_thread_states(void);"]
     decls = "\n".join("static int xp%d(int);" % n for n in range(NXP))
     table = ", ".join("xp%d" % n for n in range(NXP))
     return "\n".join(cdef), XP_C % dict(decls=decls, n=NXP, table=table)
