@@ -13,7 +13,8 @@ venv python (the kit at a step, vanilla cffi 1.17.1, upstream cffi 2.1.1).
         comma-separated lists). `single`: one thread, ns/op (median and min over ~1 ms
         batches) and throughput. `own2`: two threads, each on its own objects (its own
         FFI, module, ctypes, Lib). `shared2`: two threads on the same objects (one
-        FFI, one Lib: dlopen_call calls through the same Lib from both). The 2-thread
+        FFI, one Lib: dlopen_call calls through the same Lib from both, extern_python_from_c
+        calls one extern "Python" binding from C in both). The 2-thread
         modes report total throughput; the driver divides it by the 1-thread throughput.
 
     python bench_ops.py --list
@@ -413,14 +414,16 @@ def op_callback_from_c(env, k):
     assert call(cb, 4) == 6
 
     def step(n):
+        # one Python call of the C loop = C_LOOP invocations of the callback from C
         for _ in repeat(None, n):
             call(cb, C_LOOP)
     return step
 
 
-def op_extern_python(env, k):
+def op_extern_python_from_c(env, k):
     mod = env.api_mod(k)
 
+    # the binding of module k: shared2 calls through it from both threads
     @mod.ffi.def_extern()
     def bench_py_cb(x):
         return x
@@ -431,6 +434,21 @@ def op_extern_python(env, k):
     def step(n):
         for _ in repeat(None, n):
             call(C_LOOP)
+    return step
+
+
+def op_callback_new_free(env, k):
+    callback = env.api_mod(k).ffi.callback
+
+    def f(x):
+        return x
+
+    callback("int(int)", f)   # the type string is parsed and cached once
+
+    def step(n):
+        # each callback object dies at once: a closure from the allocator, freed back
+        for _ in repeat(None, n):
+            callback("int(int)", f)
     return step
 
 
@@ -465,8 +483,9 @@ OPS = {
     "dlopen_new": (op_dlopen_new, 1, False, "a fresh ffi.dlopen(path) Lib, dropped at once (dlopen + dlclose of a library kept loaded)"),
     "dlopen_attr_first": (op_dlopen_attr_first, 1, False, "a fresh ffi.dlopen(path) Lib + first access of %d functions, per Lib (minus dlopen_new, / %d: per name)" % (DL_FIRST, DL_FIRST)),
     "dl_read_variable": (op_dl_read_variable, 1, True, '_cffi_backend.load_library(path).read_variable(int, "bench_dl_counter"): dlsym + read'),
-    "callback_from_c": (op_callback_from_c, C_LOOP, True, "ffi.callback called from C (a C loop calls it)"),
-    "extern_python": (op_extern_python, C_LOOP, True, 'extern "Python" function called from C (a C loop calls it)'),
+    "callback_from_c": (op_callback_from_c, C_LOOP, True, "one call of an ffi.callback from C (a C loop of %d calls, per call); shared2: the same callback from both threads" % C_LOOP),
+    "extern_python_from_c": (op_extern_python_from_c, C_LOOP, True, 'one call of an extern "Python" function from C (a C loop of %d calls, per call); shared2: one binding (@ffi.def_extern) from both threads; named extern_python before step 4' % C_LOOP),
+    "callback_new_free": (op_callback_new_free, 1, True, 'ffi.callback("int(int)", f) dropped at once: closure allocation + free'),
     "gc": (op_gc, 1, True, "ffi.gc(p, C destructor) + its collection when dropped"),
 }
 

@@ -61,8 +61,9 @@ pub const OPS: &[(&str, &str)] = &[
     ("dlopen_new", "a fresh ffi.dlopen(path) Lib, dropped at once (the library stays loaded)"),
     ("dlopen_attr_first", "a fresh ffi.dlopen(path) Lib + first access of 8 functions, per Lib"),
     ("dl_read_variable", "_cffi_backend.load_library(path).read_variable(int, name): dlsym + read"),
-    ("callback_from_c", "ffi.callback called from C"),
-    ("extern_python", "extern \"Python\" function called from C"),
+    ("callback_from_c", "one call of an ffi.callback from C (a C loop calls it; shared2: the same callback)"),
+    ("extern_python_from_c", "one call of an extern \"Python\" function from C (shared2: one binding; named extern_python before step 4)"),
+    ("callback_new_free", "ffi.callback(\"int(int)\", f) dropped at once: closure allocation + free"),
     ("gc", "ffi.gc(p, C destructor) + its collection"),
 ];
 
@@ -99,7 +100,7 @@ fresh process settles 3-10% faster or slower than the next and stays there), so 
 processes narrow the interval; longer runs do not. Steps 0 and 1 (8 backends, the 16 ops
 of then) took 31.5 min on a shared 2-core VM (load average 5.2 at the start); the widths
 (hi - lo) / median of its 150 single-thread intervals: median 2.4%, 71% at or below 3%,
-max 6.2%. Each further op adds about 2 min (all 21 ops: about 42 min), each further step
+max 6.2%. Each further op adds about 2 min (all 22 ops: about 44 min), each further step
 2 backends (about 10 min); --ops narrows a run. --quick (3 rounds of 0.15 s, all
 threaded; about 4.5 min) is a smoke run: its intervals are 10-15% wide, too wide for
 verdicts.
@@ -150,7 +151,7 @@ pub struct BenchArgs {
     /// new_array_type, new_function_type, new_array_type_churn, new_array, new_struct,
     /// sizeof, cast, struct_first, lib_attr, api_call, dlopen_call, dlopen_call_bound,
     /// dlopen_attr_hit, dlopen_new, dlopen_attr_first, dl_read_variable, callback_from_c,
-    /// extern_python, gc.
+    /// extern_python_from_c, callback_new_free, gc.
     #[arg(long, value_name = "LIST")]
     ops: Option<String>,
     /// Backends, comma-separated: kit, vanilla, upstream.
@@ -2774,6 +2775,12 @@ not json
     #[test]
     fn option_parsing() {
         assert_eq!(select_ops(Some("gc, cast,gc")).unwrap(), vec!["cast", "gc"]);
+        assert_eq!(
+            select_ops(Some("callback_new_free,extern_python_from_c,callback_from_c")).unwrap(),
+            vec!["callback_from_c", "extern_python_from_c", "callback_new_free"]
+        );
+        // renamed at step 4
+        assert!(select_ops(Some("extern_python")).unwrap_err().to_string().contains("extern_python_from_c"));
         assert_eq!(select_ops(None).unwrap().len(), OPS.len());
         assert!(select_ops(Some("nope")).unwrap_err().to_string().contains("unknown operation"));
         assert_eq!(select_families("kit,upstream").unwrap(), (true, false, true));
@@ -2786,6 +2793,12 @@ not json
         let script = fs::read_to_string(bench_script()).unwrap();
         for (name, _) in OPS {
             assert!(script.contains(&format!("\"{name}\": (op_")), "bench_ops.py lacks {name}");
+        }
+        // and the other way round: every op of the script can be selected
+        for line in script.lines() {
+            let Some(rest) = line.strip_prefix("    \"") else { continue };
+            let Some((name, _)) = rest.split_once("\": (op_") else { continue };
+            assert!(OPS.iter().any(|(n, _)| *n == name), "{name} of bench_ops.py is not in OPS");
         }
     }
 
