@@ -81,7 +81,9 @@ const QUICK_SECONDS: f64 = 0.15;
 Each round runs every op once in every backend (backend order rotates per round); one run
 is a fresh process measuring `single` (ns/op: median of ~1 ms batches) and, in the
 threaded rounds, `own2` (2 threads, each on its own FFI/module/ctypes/Lib) and `shared2`
-(2 threads, same objects: e.g. dlopen_call calls through one Lib).
+(2 threads, same objects: e.g. dlopen_call calls through one Lib, extern_python_from_c
+calls one extern \"Python\" binding from C in both threads). A process that crashes fails
+the mode it was in; the modes it did not reach run in a fresh process.
 
 Ratios: in each round, kit ns/op / other ns/op of the two runs of that round (same op,
 same interpreter, seconds apart; each run's fastest ~1 ms batch), for the kit against the
@@ -1775,9 +1777,44 @@ pub fn select_families(spec: &str) -> Result<(bool, bool, bool)> {
     Ok((kit, vanilla, up))
 }
 
-/// One process: `op` in `b`, three modes.
-fn run_one(b: &Backend, op: &str, seconds: f64, threaded: bool, tag: &str) -> Run {
-    let modes: &[&str] = if threaded { &["single", "own2", "shared2"] } else { &["single"] };
+/// The modes of `asked` (in the order the script runs them) that a process which ended
+/// early never started: those after the first mode without a JSON line, the one it ended
+/// in. Empty when every mode has its line.
+pub fn modes_not_reached<'a>(stdout: &str, asked: &[&'a str]) -> Vec<&'a str> {
+    let done: Vec<String> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<ModeLine>(l.trim()).ok())
+        .map(|l| l.mode)
+        .collect();
+    match asked.iter().position(|m| !done.iter().any(|d| d == m)) {
+        Some(i) => asked[i + 1..].to_vec(),
+        None => Vec::new(),
+    }
+}
+
+impl Run {
+    /// Takes the results of `modes` from `later`, a process that ran only those.
+    pub fn take_modes(&mut self, later: Run, modes: &[&str]) {
+        for &m in modes {
+            match m {
+                "single" => {
+                    self.single = later.single.clone();
+                    self.single_best = later.single_best;
+                }
+                "own2" => self.own2 = later.own2.clone(),
+                "shared2" => self.shared2 = later.shared2.clone(),
+                _ => {}
+            }
+        }
+        if let Some(g) = later.gil_enabled {
+            self.gil_enabled = Some(self.gil_enabled.unwrap_or(false) || g);
+        }
+    }
+}
+
+/// One process of bench_ops.py: `op` in `b`, the given modes. Returns what it printed
+/// and, when it did not end well, how it ended; failed processes leave a log.
+fn run_process(b: &Backend, op: &str, modes: &[&str], seconds: f64, tag: &str) -> (String, Option<String>) {
     let runs_dir = bench_dir().join("runs");
     let _ = fs::create_dir_all(&runs_dir);
     let out_path = runs_dir.join(format!("{}.out", b.spec.id()));
@@ -1793,7 +1830,7 @@ fn run_one(b: &Backend, op: &str, seconds: f64, threaded: bool, tag: &str) -> Ru
             .stdout(fs::File::create(&out_path)?)
             .stderr(fs::File::create(&err_path)?);
         let mut child = cmd.spawn().with_context(|| format!("cannot start {}", b.python.display()))?;
-        // three modes of `seconds` plus start-up and calibration; a hang (a deadlock in an
+        // the modes of `seconds` plus start-up and calibration; a hang (a deadlock in an
         // unsafe backend) costs at most this
         let limit = Duration::from_secs_f64(seconds * 10.0 + 30.0);
         let started = Instant::now();
@@ -1811,21 +1848,39 @@ fn run_one(b: &Backend, op: &str, seconds: f64, threaded: bool, tag: &str) -> Ru
     let finished = spawn();
     let stdout = fs::read_to_string(&out_path).unwrap_or_default();
     let stderr = fs::read_to_string(&err_path).unwrap_or_default();
-    let missing = match &finished {
-        Err(e) => format!("{e:#}"),
-        Ok(f) if f.success() => "no result".to_string(),
+    let ended = match &finished {
+        Err(e) => Some(format!("{e:#}")),
+        Ok(f) if f.success() => None,
         Ok(f) => {
             let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
             let shown: String = last.chars().take(160).collect();
-            format!("process {}{}", f.describe(), if shown.is_empty() { String::new() } else { format!(": {shown}") })
+            Some(format!("process {}{}", f.describe(), if shown.is_empty() { String::new() } else { format!(": {shown}") }))
         }
     };
-    let run = parse_run(&stdout, &missing, modes);
-    let failed = !matches!(&finished, Ok(f) if f.success());
-    if failed || !stderr.trim().is_empty() && [&run.single, &run.own2, &run.shared2].iter().any(|m| matches!(m, ModeResult::Failed(_))) {
+    let errors = stdout.lines().any(|l| serde_json::from_str::<ModeLine>(l.trim()).is_ok_and(|l| l.error.is_some()));
+    if ended.is_some() || errors && !stderr.trim().is_empty() {
         let logs = bench_dir().join("logs");
         let _ = fs::create_dir_all(&logs);
         let _ = fs::write(logs.join(format!("{}-{op}-{tag}.log", b.spec.id())), format!("{stdout}\n--- stderr ---\n{stderr}"));
+    }
+    (stdout, ended)
+}
+
+/// One run: `op` in `b`, the single thread and, in threaded rounds, the 2-thread modes.
+/// A process that dies (a crash of an unsafe backend) fails the mode it was in; the
+/// modes it never reached run in a fresh process, so each mode's failure is its own
+/// (their scaling then divides by the single-thread throughput of the first process).
+fn run_one(b: &Backend, op: &str, seconds: f64, threaded: bool, tag: &str) -> Run {
+    let asked: &[&str] = if threaded { &["single", "own2", "shared2"] } else { &["single"] };
+    let (stdout, ended) = run_process(b, op, asked, seconds, tag);
+    let mut run = parse_run(&stdout, ended.as_deref().unwrap_or("no result"), asked);
+    let mut left = if ended.is_some() { modes_not_reached(&stdout, asked) } else { Vec::new() };
+    let mut attempt = 1;
+    while !left.is_empty() {
+        let (stdout, ended) = run_process(b, op, &left, seconds, &format!("{tag}-{attempt}"));
+        run.take_modes(parse_run(&stdout, ended.as_deref().unwrap_or("no result"), &left), &left);
+        left = if ended.is_some() { modes_not_reached(&stdout, &left) } else { Vec::new() };
+        attempt += 1;
     }
     run
 }
@@ -2436,6 +2491,38 @@ not json
         assert_eq!((single.own2, single.shared2), (ModeResult::NotRun, ModeResult::NotRun));
         let lost = parse_run("", "process timed out", &["single"]);
         assert_eq!((lost.single, lost.own2), (ModeResult::Failed("process timed out".into()), ModeResult::NotRun));
+    }
+
+    #[test]
+    fn a_crash_ends_only_its_mode_and_the_rest_runs_again() {
+        let all = ["single", "own2", "shared2"];
+        let single = r#"{"op":"callback_new_free","mode":"single","ns_per_op":290.0,"ns_min":280.0,"throughput":3.4e6,"gil_enabled":false}"#;
+        // died in own2: shared2 never started
+        assert_eq!(modes_not_reached(&format!("{single}\n"), &all), vec!["shared2"]);
+        // died in single: neither 2-thread mode started
+        assert_eq!(modes_not_reached("Fatal Python error\n", &all), vec!["own2", "shared2"]);
+        // died after its last line, or in its last mode: nothing left to run
+        let own2 = r#"{"mode":"own2","error":"RuntimeError: x"}"#;
+        let shared2 = r#"{"mode":"shared2","skipped":"no objects"}"#;
+        assert!(modes_not_reached(&format!("{single}\n{own2}\n{shared2}\n"), &all).is_empty());
+        assert!(modes_not_reached(&format!("{single}\n{own2}\n"), &all).is_empty());
+        assert!(modes_not_reached("", &["single"]).is_empty());
+        // a retry of the modes left: only they come from it
+        let crash = "process killed by signal 11 (SIGSEGV)";
+        let mut run = parse_run(single, crash, &all);
+        assert_eq!(run.own2, ModeResult::Failed(crash.into()));
+        let later = parse_run(r#"{"mode":"shared2","ns_per_op":300.0,"throughput":5e6,"gil_enabled":true}"#, "gone", &["shared2"]);
+        run.take_modes(later, &["shared2"]);
+        assert_eq!(run.single, ok(290.0, 3.4e6));
+        assert_eq!(run.single_best, Some(280.0));
+        assert_eq!(run.own2, ModeResult::Failed(crash.into()));
+        assert_eq!(run.shared2, ok(300.0, 5e6));
+        assert_eq!(run.gil_enabled, Some(true));
+        // a retry that crashes too fails its own mode with its own message
+        let mut run = parse_run("", crash, &all);
+        run.take_modes(parse_run("", "process timed out", &["own2", "shared2"]), &["own2", "shared2"]);
+        assert_eq!(run.single, ModeResult::Failed(crash.into()));
+        assert_eq!(run.shared2, ModeResult::Failed("process timed out".into()));
     }
 
     #[test]
