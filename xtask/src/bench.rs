@@ -127,8 +127,10 @@ per interpreter, a dot per comparison at the median ratio with whiskers over its
 interval, a line at 1 and the threshold band), below it the absolute ns/op bars.
 Exit status: 0 measured (regressions are reported, not fatal: compare on a quiet
 machine); 1 a kit backend failed to build or gave no single-thread number for some op;
-2 bad input. Errors and crashes in 2-thread runs are reported, not fatal (step 0 keeps the
-hazards). Run it on an idle machine: a load average above half the CPU count gets a
+2 bad input. Errors and crashes in 2-thread runs are reported, not fatal (earlier steps keep
+hazards: at step 3 two threads creating and freeing callbacks crash, C1): the table says
+ERR, and \"failed runs\" lists each op and backend with its failed modes and errors.
+Run it on an idle machine: a load average above half the CPU count gets a
 warning.")]
 pub struct BenchArgs {
     /// Kit steps to measure: comma-separated numbers, `latest` or `all` (default: all).
@@ -557,6 +559,8 @@ pub struct Agg {
     /// shared2 does not apply (the op builds fresh objects each iteration).
     pub shared_skipped: bool,
     pub runs: usize,
+    /// Runs that measured the 2-thread modes (the threaded rounds).
+    pub runs_threaded: usize,
     pub failed_single: usize,
     pub failed_own2: usize,
     pub failed_shared2: usize,
@@ -602,6 +606,9 @@ pub fn aggregate(runs: &[Run]) -> Agg {
             }
         };
         agg.ns_best_runs.push(if thr1.is_some() { run.single_best } else { None });
+        if run.own2 != ModeResult::NotRun || run.shared2 != ModeResult::NotRun {
+            agg.runs_threaded += 1;
+        }
         for (mode, result) in [("own2", &run.own2), ("shared2", &run.shared2)] {
             let scale = match result {
                 ModeResult::Ok { throughput, .. } => thr1.map(|t1| throughput / t1),
@@ -1006,6 +1013,52 @@ fn scale_part(v: Option<f64>, failed: usize, skipped: bool) -> String {
     }
 }
 
+/// A cell of the kit-over-vanilla scaling table: the ratio ("~" when some runs of either
+/// failed); without one, ERR when the kit has no scaling of that mode because its runs
+/// failed, vERR when vanilla has none because its runs failed.
+fn scale_vs_cell(s: &Summary, c: &Comparison, oi: usize, shared: bool) -> String {
+    let failed = |a: &Agg| if shared { a.failed_shared2 } else { a.failed_own2 };
+    let lost = |a: &Agg| {
+        let runs = if shared { &a.scale2_shared_runs } else { &a.scale2_own_runs };
+        failed(a) > 0 && runs.iter().all(Option::is_none)
+    };
+    let (kit, vanilla) = (&s.aggs[oi][c.kit], &s.aggs[oi][c.other]);
+    match s.scale_ratio(c, oi, shared) {
+        Some(x) if failed(kit) + failed(vanilla) > 0 => format!("{x:.2}~"),
+        Some(x) => format!("{x:.2}"),
+        None if lost(kit) => "ERR".into(),
+        None if lost(vanilla) => "vERR".into(),
+        None if shared && kit.shared_skipped => "n/a".into(),
+        None => "-".into(),
+    }
+}
+
+/// One line per (op, backend) with failed runs: how many of each mode's runs failed,
+/// then each distinct error, indented.
+pub fn failure_lines(s: &Summary, opw: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for (oi, op) in s.ops.iter().enumerate() {
+        for (bi, b) in s.backends.iter().enumerate() {
+            let a = &s.aggs[oi][bi];
+            let counts: Vec<String> = [
+                ("single", a.failed_single, a.runs),
+                ("own2", a.failed_own2, a.runs_threaded),
+                ("shared2", a.failed_shared2, a.runs_threaded),
+            ]
+            .into_iter()
+            .filter(|(_, failed, _)| *failed > 0)
+            .map(|(mode, failed, of)| format!("{mode} failed in {failed} of {} runs", of.max(failed)))
+            .collect();
+            if counts.is_empty() {
+                continue;
+            }
+            out.push(format!("  {op:<opw$} {:<24} {}", b.label_short(), counts.join(", ")));
+            out.extend(a.errors.iter().map(|e| format!("      {e}")));
+        }
+    }
+    out
+}
+
 const W: usize = 11;
 /// Width of a ratio cell, "0.66 [0.64, 0.68]R".
 const RW: usize = 20;
@@ -1161,7 +1214,13 @@ pub fn render_table(s: &Summary) -> String {
     // the kit's scaling against vanilla's on the same interpreter (vanilla-t: the floor
     // with the GIL off), when both were measured
     let vs_vanilla: Vec<&Comparison> = comps.iter().filter(|c| c.against == Against::Vanilla).collect();
-    let any_scaling = vs_vanilla.iter().any(|c| (0..s.ops.len()).any(|oi| s.scale_ratio(c, oi, false).is_some()));
+    let any_scaling = vs_vanilla.iter().any(|c| {
+        (0..s.ops.len()).any(|oi| {
+            s.aggs[oi][c.kit].runs_threaded > 0
+                || s.aggs[oi][c.other].runs_threaded > 0
+                || [false, true].into_iter().any(|shared| s.scale_ratio(c, oi, shared).is_some())
+        })
+    });
     if any_scaling {
         let _ = writeln!(
             out,
@@ -1179,10 +1238,23 @@ pub fn render_table(s: &Summary) -> String {
         for (oi, op) in s.ops.iter().enumerate() {
             let mut line = format!("{op:<opw$}");
             for c in &vs_vanilla {
-                let part = |shared: bool| s.scale_ratio(c, oi, shared).map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
+                let part = |shared: bool| scale_vs_cell(s, c, oi, shared);
                 let _ = write!(line, " {:>W$}", format!("{}/{}", part(false), part(true)));
             }
             let _ = writeln!(out, "{}", line.trim_end());
+        }
+    }
+
+    let failures = failure_lines(s, opw);
+    if !failures.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nfailed runs, per op and backend (each failure is recorded for its cell and mode and the bench goes on; \
+             a crash ends only the mode it hit: the modes after it run in a fresh process; logs in {})",
+            bench_dir().join("logs").display()
+        );
+        for l in failures {
+            let _ = writeln!(out, "{l}");
         }
     }
 
@@ -1195,7 +1267,11 @@ pub fn render_table(s: &Summary) -> String {
             "!  cffi {UPSTREAM_VERSION} on free-threaded 3.13, built by removing its setup.py refusal: forced, unsupported upstream"
         ));
     }
-    notes.push("ERR: every run failed; ~: some runs failed; n/a: no shared objects (see bench.json for the errors)".into());
+    notes.push(
+        "ERR: every run failed; ~: some runs failed; n/a: no shared objects; vERR: vanilla's runs failed, no scaling \
+         to divide by (the errors: under \"failed runs\" and in bench.json)"
+            .into(),
+    );
     for (bi, b) in s.backends.iter().enumerate() {
         if b.free_threaded && s.aggs.iter().any(|row| row[bi].gil_enabled == Some(true)) {
             notes.push(format!("WARNING: the GIL was enabled during {} runs", b.label()));
@@ -2418,7 +2494,7 @@ mod tests {
         assert!((a.scale2_own.unwrap() - 1.8).abs() < 1e-9);
         // per-run ratios 1.2, 1.0, 1.0 -> median 1.0
         assert!((a.scale2_shared.unwrap() - 1.0).abs() < 1e-9);
-        assert_eq!(a.runs, 3);
+        assert_eq!((a.runs, a.runs_threaded), (3, 3));
         assert!(a.errors.is_empty());
         assert_eq!(a.gil_enabled, Some(false));
     }
@@ -2455,6 +2531,7 @@ mod tests {
         assert_eq!(a.scale2_own_runs, vec![Some(1.8), None, Some(1.5)]);
         assert!((a.scale2_own.unwrap() - 1.65).abs() < 1e-9);
         assert_eq!((a.failed_own2, a.failed_shared2, a.shared_skipped), (0, 0, false));
+        assert_eq!((a.runs, a.runs_threaded), (3, 2));
         assert!(a.errors.is_empty());
     }
 
@@ -2777,6 +2854,74 @@ not json
         assert_eq!((r.scale2_own_vs_vanilla, r.scale2_shared_vs_vanilla), (Some(0.8), Some(0.5)));
         // without threaded rounds there is no such table
         assert!(!render_table(&summary()).contains("scaling of the kit / vanilla"));
+    }
+
+    #[test]
+    fn failed_2_thread_runs_get_a_line_and_err_cells() {
+        let mut s = summary();
+        s.ops = vec!["callback_new_free".into(), "extern_python_from_c".into()];
+        let threaded = |scale: Option<f64>| vec![scale, None, scale, None, scale, None];
+        for row in s.aggs.iter_mut() {
+            for a in row.iter_mut() {
+                a.runs = 6;
+                a.runs_threaded = 3;
+                a.scale2_own_runs = threaded(Some(1.8));
+                a.scale2_shared_runs = threaded(Some(1.5));
+            }
+        }
+        let crash = "process killed by signal 11 (SIGSEGV)";
+        // callback_new_free: the kit-t's own2 crashed in every threaded round, its shared2
+        // in one; vanilla-t's shared2 in all
+        let kit = &mut s.aggs[0][1];
+        kit.failed_own2 = 3;
+        kit.scale2_own_runs = vec![None; 6];
+        kit.failed_shared2 = 1;
+        kit.scale2_shared_runs = vec![Some(1.2), None, None, None, Some(1.2), None];
+        kit.errors = vec![format!("own2: {crash}"), format!("shared2: {crash}")];
+        let vanilla = &mut s.aggs[0][3];
+        vanilla.failed_shared2 = 3;
+        vanilla.scale2_shared_runs = vec![None; 6];
+        vanilla.errors = vec![format!("shared2: {crash}")];
+        // extern_python_from_c: vanilla-t's own2 crashed in every round
+        s.aggs[1][3] = Agg { failed_own2: 3, scale2_own_runs: vec![None; 6], errors: vec![format!("own2: {crash}")], ..s.aggs[1][3].clone() };
+        // (and summary()'s 2.1.1-t failed every run of op 1)
+
+        let lines = failure_lines(&s, 22);
+        let at = |needle: &str| lines.iter().position(|l| l.contains(needle)).unwrap_or_else(|| panic!("{needle}: {lines:#?}"));
+        let kit = at("callback_new_free      kit-step0 3.13.5t ");
+        assert!(lines[kit].ends_with("own2 failed in 3 of 3 runs, shared2 failed in 1 of 3 runs"), "{}", lines[kit]);
+        assert_eq!(lines[kit + 1], format!("      own2: {crash}"));
+        assert_eq!(lines[kit + 2], format!("      shared2: {crash}"));
+        let van = at("callback_new_free      vanilla-1.17.1 3.13.5t*");
+        assert!(lines[van].ends_with("shared2 failed in 3 of 3 runs"), "{}", lines[van]);
+        assert!(lines[at("extern_python_from_c   vanilla-1.17.1 3.13.5t*")].ends_with("own2 failed in 3 of 3 runs"));
+        let up = at("extern_python_from_c   upstream-2.1.1 3.13.5t!");
+        assert!(lines[up].ends_with("single failed in 3 of 6 runs, own2 failed in 3 of 3 runs, shared2 failed in 3 of 3 runs"), "{}", lines[up]);
+        assert_eq!(lines.len(), 3 + 2 + 2 + 1);
+        // the GIL cells without failures have no line
+        assert!(!lines.iter().any(|l| l.contains("3.13.5 ")), "{lines:#?}");
+
+        let t = render_table(&s);
+        let failed_at = t.find("\nfailed runs, per op and backend").expect(&t);
+        let notes_at = t.find("ERR: every run failed").expect(&t);
+        assert!(failed_at < notes_at && t[failed_at..].contains(&lines[kit]), "{t}");
+        // the kit-t over vanilla-t scaling: own ERR (the kit failed), shared vERR (vanilla
+        // failed, nothing to divide by); extern_python_from_c: vERR/shared 1.00
+        let head = t.lines().position(|l| l.starts_with("2-thread scaling of the kit / vanilla")).expect(&t);
+        let rows: Vec<&str> = t.lines().skip(head + 3).take(2).collect();
+        assert!(rows[0].starts_with("callback_new_free") && rows[0].trim_end().ends_with("ERR/vERR"), "{t}");
+        assert!(rows[1].starts_with("extern_python_from_c") && rows[1].trim_end().ends_with("vERR/1.00"), "{t}");
+        // a ratio over the rounds where both worked is marked
+        s.aggs[0][3].failed_shared2 = 1;
+        s.aggs[0][3].scale2_shared_runs = vec![Some(1.5), None, None, None, Some(1.5), None];
+        let c = comparisons(&s.backends).into_iter().find(|c| c.kit == 1 && c.against == Against::Vanilla).unwrap();
+        assert_eq!(scale_vs_cell(&s, &c, 0, true), "0.80~");
+        assert_eq!(scale_vs_cell(&s, &c, 0, false), "ERR");
+        // summary() has 2.1.1-t failing op 1; without that: no section
+        let mut clean = summary();
+        clean.aggs[1][5] = clean.aggs[1][4].clone();
+        let section = "\nfailed runs, per op";
+        assert!(render_table(&summary()).contains(section) && !render_table(&clean).contains(section));
     }
 
     #[test]
