@@ -325,18 +325,12 @@ pub fn run_suite(plan: &Plan, step: u32, interp: &Interpreter, built: &BuiltCell
         }
         Suite::ClientCairo => {
             install_client(built, &CAIROCFFI, &log)?;
-            let tests = util::workspace_root().join("compat-tests");
             // cairocffi's tests live in the package: run the installed copy (the sdist's
-            // would shadow it on sys.path). The plugin, found through PYTHONPATH, lets
-            // them run without pikepdf, numpy or gdk-pixbuf (see its docstring). pytest
-            // garbles the node ids of files outside its rootdir, so the rootdir holds both.
+            // would shadow it on sys.path). The plugin lets them run without pikepdf,
+            // numpy or gdk-pixbuf (see its docstring).
             let installed = built.site_packages.join("cairocffi");
-            pythonpath.push(tests.clone());
-            cmd.args(["-p", "client_cairo_plugin", "-rfEs"]) // -rfEs: the reasons of the skips in the log
-                .arg(tests.join("test_client_cairo.py"))
-                .arg(&installed)
-                .arg(format!("--rootdir={}", common_ancestor(&tests, &installed).display()))
-                .current_dir(&tmp);
+            with_client_tests(&mut cmd, &mut pythonpath, "client_cairo_plugin", "test_client_cairo.py", &installed);
+            cmd.current_dir(&tmp);
         }
         Suite::Build => {
             let tests = util::workspace_root().join("compat-tests");
@@ -401,6 +395,19 @@ pub fn run_suite(plan: &Plan, step: u32, interp: &Interpreter, built: &BuiltCell
         run_at: util::unix_now(),
         scenarios: None,
     })
+}
+
+/// Adds to a client suite's pytest `compat-tests/<ours>`, the client's own tests
+/// (`theirs`) and `-p <plugin>`, a plugin in compat-tests (found through PYTHONPATH) that
+/// says which of theirs can run in a cell and skips the others with the reason. pytest
+/// garbles the node ids of files outside its rootdir, so the rootdir holds both.
+fn with_client_tests(cmd: &mut Command, pythonpath: &mut Vec<PathBuf>, plugin: &str, ours: &str, theirs: &Path) {
+    let tests = util::workspace_root().join("compat-tests");
+    pythonpath.push(tests.clone());
+    cmd.args(["-p", plugin, "-rfEs"]) // -rfEs: the reasons of the skips in the log
+        .arg(tests.join(ours))
+        .arg(theirs)
+        .arg(format!("--rootdir={}", common_ancestor(&tests, theirs).display()));
 }
 
 /// The deepest folder that holds both `a` and `b` (absolute paths).
