@@ -124,7 +124,9 @@ struct TestArgs {
     /// checks), client-xattr (xattr 1.3.0 built against this cffi, its tests + 8 threads),
     /// client-brotli (brotlicffi 1.2.1.0 built against this cffi, round-trips + 8 threads),
     /// client-cairo (cairocffi 1.7.1, ABI mode over the system's libcairo, installed with
-    /// apt-get when missing: its tests + pictures from 8 threads).
+    /// apt-get when missing: its tests + pictures from 8 threads), client-pycares (pycares
+    /// 4.11.0, `extern "Python"` callbacks from c-ares: its tests that need no DNS + lookups
+    /// of localhost from 8 threads).
     #[arg(long, value_name = "LIST", default_value = test_upstream::DEFAULT_SUITES)]
     suites: String,
     /// Run each test N times at once with pytest-run-parallel (1: plain run).

@@ -53,6 +53,13 @@ pub enum Suite {
     /// `compat-tests/client_cairo_plugin.py`) and `compat-tests/test_client_cairo.py`
     /// (pictures drawn by 8 threads, byte for byte against single-threaded ones).
     ClientCairo,
+    /// A real client that calls back into Python from C: pycares 4.11.0 (API mode,
+    /// bundled c-ares 1.34.5, `@ffi.def_extern` callbacks) built from its sdist against
+    /// this cell's cffi; its own tests that need no DNS (`tests/test_all.py`, through
+    /// `compat-tests/client_pycares_plugin.py`) and `compat-tests/test_client_pycares.py`
+    /// (lookups from /etc/hosts and from a name server on 127.0.0.1, then a channel per
+    /// thread in 8 threads, every callback counted).
+    ClientPycares,
 }
 
 /// A real cffi client package, pinned by the sha256 of its PyPI sdist.
@@ -89,12 +96,26 @@ const CAIROCFFI: Client = Client {
     build_requires: &["flit_core==3.12.0"],
 };
 
+/// The client of the `client-pycares` suite.
+const PYCARES: Client = Client {
+    package: "pycares",
+    version: "4.11.0",
+    sha256: "c863d9003ca0ce7df26429007859afd2a621d3276ed9fef154a9123db9252557",
+    build_requires: &[],
+};
+
 /// Every suite, in the order of the default `--suites`.
-pub const ALL_SUITES: [Suite; 5] =
-    [Suite::Upstream, Suite::Build, Suite::ClientXattr, Suite::ClientBrotli, Suite::ClientCairo];
+pub const ALL_SUITES: [Suite; 6] = [
+    Suite::Upstream,
+    Suite::Build,
+    Suite::ClientXattr,
+    Suite::ClientBrotli,
+    Suite::ClientCairo,
+    Suite::ClientPycares,
+];
 
 /// The default `--suites` of test-upstream, and what `cargo xtask ci` runs: all of them.
-pub const DEFAULT_SUITES: &str = "upstream,build,client-xattr,client-brotli,client-cairo";
+pub const DEFAULT_SUITES: &str = "upstream,build,client-xattr,client-brotli,client-cairo,client-pycares";
 
 impl Suite {
     pub fn name(self) -> &'static str {
@@ -104,6 +125,7 @@ impl Suite {
             Suite::ClientXattr => "client-xattr",
             Suite::ClientBrotli => "client-brotli",
             Suite::ClientCairo => "client-cairo",
+            Suite::ClientPycares => "client-pycares",
         }
     }
 
@@ -111,7 +133,7 @@ impl Suite {
     pub fn system_packages(self) -> &'static [&'static str] {
         match self {
             Suite::ClientCairo => &["libcairo2"],
-            Suite::Upstream | Suite::Build | Suite::ClientXattr | Suite::ClientBrotli => &[],
+            Suite::Upstream | Suite::Build | Suite::ClientXattr | Suite::ClientBrotli | Suite::ClientPycares => &[],
         }
     }
 
@@ -122,6 +144,7 @@ impl Suite {
             "client-xattr" => Ok(Suite::ClientXattr),
             "client-brotli" => Ok(Suite::ClientBrotli),
             "client-cairo" => Ok(Suite::ClientCairo),
+            "client-pycares" => Ok(Suite::ClientPycares),
             other => bail!(
                 "--suites: unknown suite {other:?} (known: {})",
                 ALL_SUITES.map(Suite::name).join(", ")
@@ -330,6 +353,13 @@ pub fn run_suite(plan: &Plan, step: u32, interp: &Interpreter, built: &BuiltCell
             // numpy or gdk-pixbuf (see its docstring).
             let installed = built.site_packages.join("cairocffi");
             with_client_tests(&mut cmd, &mut pythonpath, "client_cairo_plugin", "test_client_cairo.py", &installed);
+            cmd.current_dir(&tmp);
+        }
+        Suite::ClientPycares => {
+            let client = install_client(built, &PYCARES, &log)?;
+            // The plugin runs those of pycares's tests that need no DNS (see its docstring).
+            let theirs = client.join("tests").join("test_all.py");
+            with_client_tests(&mut cmd, &mut pythonpath, "client_pycares_plugin", "test_client_pycares.py", &theirs);
             cmd.current_dir(&tmp);
         }
         Suite::Build => {
@@ -592,7 +622,7 @@ mod tests {
             assert_eq!(Suite::parse(suite.name()).unwrap(), suite);
         }
         let err = Suite::parse("client-zlib").unwrap_err().to_string();
-        assert!(err.contains("upstream, build, client-xattr, client-brotli, client-cairo)"), "{err}");
+        assert!(err.contains("upstream, build, client-xattr, client-brotli, client-cairo, client-pycares)"), "{err}");
     }
 
     #[test]
