@@ -636,6 +636,26 @@ mod tests {
     }
 
     #[test]
+    fn client_tests_run_beside_ours_under_one_rootdir() {
+        let tests = util::workspace_root().join("compat-tests");
+        let theirs = util::workspace_root().join("target/cffi-ft/cells/step4-py3.13.5t/pycares-4.11.0/tests/test_all.py");
+        let mut cmd = Command::new("python");
+        let mut pythonpath = vec![PathBuf::from("/site")];
+        with_client_tests(&mut cmd, &mut pythonpath, "client_pycares_plugin", "test_client_pycares.py", &theirs);
+        let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let expected = [
+            "-p".to_string(),
+            "client_pycares_plugin".to_string(),
+            "-rfEs".to_string(),
+            tests.join("test_client_pycares.py").display().to_string(),
+            theirs.display().to_string(),
+            format!("--rootdir={}", util::workspace_root().display()),
+        ];
+        assert_eq!(args, expected);
+        assert_eq!(pythonpath, [PathBuf::from("/site"), tests]);
+    }
+
+    #[test]
     fn the_default_suites_are_all_suites() {
         assert_eq!(DEFAULT_SUITES, ALL_SUITES.map(Suite::name).join(","));
     }
