@@ -10,8 +10,9 @@ What runs: the lookups of localhost, 127.0.0.1 and ports that c-ares answers fro
 gethostbyaddr, getnameinfo), numeric getnameinfo, `.onion` names (refused before anything
 is sent), the channel's servers and reinit, the errors raised before a query is sent, and
 ChannelCloseTest's closes of channels that have no query (from other threads, at once,
-twice, by the garbage collector through pycares's shutdown thread). Under
-`strace -f -e trace=network` these tests send nothing: their channels open no socket.
+twice, by the garbage collector through pycares's shutdown thread). Checked under
+`strace -f -e trace=connect,sendto,sendmsg`: every address that the suite's sockets reach
+(these tests and test_client_pycares.py) is on the loopback.
 
 A reverse lookup is answered from /etc/hosts only where that file has the address; where
 it does not, c-ares asks the name server, so that test is skipped too (this machine's
