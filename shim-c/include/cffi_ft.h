@@ -184,9 +184,11 @@ CFFI_FT_PRIVATE int cffi_ft_thread_at_exit(void (*release)(void));
    _cffi_externpy_s is NULL until the first binding, then points to a lock-free slot
    (reserved2 is unused). All on attached threads. */
 struct _cffi_externpy_s;
-/* NEW reference to the info tuple bound for interp_key, or NULL (no exception). */
-CFFI_FT_PRIVATE PyObject *cffi_ft_xpy_lookup(struct _cffi_externpy_s *xp,
-                                             PyObject *interp_key);
+/* If xp is bound for interp_key: invoke(infotuple, ctx) with the binding held for the
+   call (borrowed tuple, no lock), and 1; else 0 (no exception). */
+CFFI_FT_PRIVATE int cffi_ft_xpy_call(struct _cffi_externpy_s *xp, PyObject *interp_key,
+                                     void (*invoke)(PyObject *infotuple, void *ctx),
+                                     void *ctx);
 /* Binds (both borrowed; the binding keeps its own references); returns the previous
    binding for cffi_ft_xpy_release, to be called after unlocking (may be NULL). */
 CFFI_FT_PRIVATE void *cffi_ft_xpy_bind(struct _cffi_externpy_s *xp, PyObject *interp_key,

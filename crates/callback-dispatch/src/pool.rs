@@ -1,7 +1,7 @@
 //! The closure pool: page-grown blocks, one owner each, a FIFO quarantine before reuse.
 
 use crate::Mutex;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::ptr::NonNull;
 
 /// Where the pool's memory comes from. The edge maps anonymous pages that libffi may
@@ -15,7 +15,8 @@ pub trait PageSource {
 /// The pool's fixed parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolConfig {
-    /// Bytes per block (at the edge: `sizeof(ffi_closure)`), rounded up to pointer alignment (8).
+    /// Bytes per block (at the edge: `sizeof(ffi_closure)`), rounded up to a power of
+    /// two (so that finding a block's state is a shift, not a division).
     pub block_size: usize,
     /// Bytes per page of the source.
     pub page_size: usize,
@@ -24,10 +25,10 @@ pub struct PoolConfig {
 }
 
 impl PoolConfig {
-    /// What a pool made with this configuration uses: the block size rounded up to
-    /// pointer alignment, pages at least one block big.
+    /// What a pool made with this configuration uses: the block size rounded up to a
+    /// power of two (at least 8), pages at least one block big.
     pub fn normalized(self) -> PoolConfig {
-        let block_size = self.block_size.max(1).next_multiple_of(8);
+        let block_size = self.block_size.max(8).next_power_of_two();
         PoolConfig { block_size, page_size: self.page_size.max(block_size), quarantine: self.quarantine }
     }
 }
@@ -52,8 +53,15 @@ pub struct PoolStats {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum BlockState {
+    Fresh,
     Live,
     Quarantined,
+}
+
+/// One growth's pages and the state of each of their blocks (one byte per block).
+struct Mapping {
+    base: usize,
+    states: Vec<BlockState>,
 }
 
 struct PoolState {
@@ -61,11 +69,25 @@ struct PoolState {
     fresh: Vec<usize>,
     /// Freed, oldest at the front.
     quarantine: VecDeque<usize>,
-    /// Every block ever handed out, by address.
-    blocks: HashMap<usize, BlockState>,
+    /// Every mapping, sorted by base address.
+    mappings: Vec<Mapping>,
+    live: usize,
     /// Pages mapped by the last growth; the next maps `1 + 1.3 * this` (cffi's rate).
     last_growth_pages: usize,
     mapped_bytes: usize,
+}
+
+impl PoolState {
+    /// The state of the block at `addr`, if `addr` is the start of one of our blocks.
+    fn state(&mut self, addr: usize, block_shift: u32) -> Option<&mut BlockState> {
+        let after = self.mappings.partition_point(|m| m.base <= addr);
+        let m = self.mappings.get_mut(after.checked_sub(1)?)?;
+        let offset = addr - m.base;
+        if offset & ((1 << block_shift) - 1) != 0 {
+            return None;
+        }
+        m.states.get_mut(offset >> block_shift)
+    }
 }
 
 /// Blocks of [`PoolConfig::block_size`] bytes, each owned by one caller at a time.
@@ -73,18 +95,23 @@ struct PoolState {
 pub struct ClosurePool<S> {
     source: S,
     config: PoolConfig,
+    /// log2 of the block size.
+    block_shift: u32,
     state: Mutex<PoolState>,
 }
 
 impl<S: PageSource> ClosurePool<S> {
     pub fn new(source: S, config: PoolConfig) -> ClosurePool<S> {
+        let config = config.normalized();
         ClosurePool {
             source,
-            config: config.normalized(),
+            config,
+            block_shift: config.block_size.trailing_zeros(),
             state: Mutex::new(PoolState {
                 fresh: Vec::new(),
                 quarantine: VecDeque::new(),
-                blocks: HashMap::new(),
+                mappings: Vec::new(),
+                live: 0,
                 last_growth_pages: 0,
                 mapped_bytes: 0,
             }),
@@ -117,7 +144,8 @@ impl<S: PageSource> ClosurePool<S> {
         } else {
             st.quarantine.pop_front()
         }?;
-        st.blocks.insert(addr, BlockState::Live);
+        *st.state(addr, self.block_shift).expect("a block of ours") = BlockState::Live;
+        st.live += 1;
         NonNull::new(addr as *mut u8)
     }
 
@@ -127,25 +155,22 @@ impl<S: PageSource> ClosurePool<S> {
     pub fn free(&self, block: NonNull<u8>, kill: impl FnOnce(NonNull<u8>)) -> Result<(), FreeError> {
         let addr = block.as_ptr() as usize;
         let mut st = self.lock();
-        match st.blocks.get(&addr) {
-            Some(BlockState::Live) => {}
-            Some(BlockState::Quarantined) => return Err(FreeError::DoubleFree),
-            None => return Err(FreeError::Foreign),
+        let state = st.state(addr, self.block_shift).ok_or(FreeError::Foreign)?;
+        match *state {
+            BlockState::Live => {}
+            BlockState::Quarantined => return Err(FreeError::DoubleFree),
+            BlockState::Fresh => return Err(FreeError::Foreign),
         }
         kill(block);
-        st.blocks.insert(addr, BlockState::Quarantined);
+        *state = BlockState::Quarantined;
+        st.live -= 1;
         st.quarantine.push_back(addr);
         Ok(())
     }
 
     pub fn stats(&self) -> PoolStats {
         let st = self.lock();
-        PoolStats {
-            live: st.blocks.len() - st.quarantine.len(),
-            quarantined: st.quarantine.len(),
-            fresh: st.fresh.len(),
-            mapped_bytes: st.mapped_bytes,
-        }
+        PoolStats { live: st.live, quarantined: st.quarantine.len(), fresh: st.fresh.len(), mapped_bytes: st.mapped_bytes }
     }
 
     /// Maps more pages (growing by cffi's factor 1.3) and adds their blocks to `fresh`.
@@ -157,6 +182,8 @@ impl<S: PageSource> ClosurePool<S> {
         st.mapped_bytes += len;
         let count = len / self.config.block_size;
         let base = base.as_ptr() as usize;
+        let at = st.mappings.partition_point(|m| m.base < base);
+        st.mappings.insert(at, Mapping { base, states: vec![BlockState::Fresh; count] });
         // Reversed, so that `pop` hands out the lowest address first.
         st.fresh.extend((0..count).rev().map(|i| base + i * self.config.block_size));
         true
@@ -201,17 +228,18 @@ mod tests {
         addrs.dedup();
         assert_eq!(addrs.len(), 300);
         assert!(addrs.iter().all(|a| a % 8 == 0));
-        assert!(addrs.windows(2).all(|w| w[1] - w[0] >= 48));
-        // Growth by 1, 2 and 3 pages (85, 170 and 256 blocks of 48 bytes) covers 300.
+        assert!(addrs.windows(2).all(|w| w[1] - w[0] >= 64));
+        // 48-byte blocks take 64: growth by 1, 2 and 3 pages (64, 128 and 192 blocks)
+        // covers 300.
         assert_eq!(pages.maps.borrow().len(), 3);
-        assert_eq!(p.stats(), PoolStats { live: 300, quarantined: 0, fresh: 85 + 170 + 256 - 300, mapped_bytes: 6 * 4096 });
+        assert_eq!(p.stats(), PoolStats { live: 300, quarantined: 0, fresh: 64 + 128 + 192 - 300, mapped_bytes: 6 * 4096 });
     }
 
     #[test]
     fn a_freed_block_waits_for_quarantine_later_frees_and_goes_oldest_first() {
         let pages = HeapPages::default();
         let p = pool(&pages, 3);
-        let first: Vec<_> = (0..85).map(|_| p.alloc().unwrap()).collect(); // the whole first page
+        let first: Vec<_> = (0..64).map(|_| p.alloc().unwrap()).collect(); // the whole first page
         for b in &first[..4] {
             p.free(*b, |_| {}).unwrap();
         }
@@ -230,8 +258,8 @@ mod tests {
         let b = p.alloc().unwrap();
         let mut killed = None;
         p.free(b, |blk| {
-            // SAFETY: `blk` is a 48-byte block of `pages`, owned by this free.
-            unsafe { blk.as_ptr().write_bytes(0xDD, 48) };
+            // SAFETY: `blk` is a 64-byte block of `pages` (48 rounded up), owned by this free.
+            unsafe { blk.as_ptr().write_bytes(0xDD, 64) };
             killed = Some(blk);
         })
         .unwrap();
@@ -252,6 +280,12 @@ mod tests {
         let mut local = 0u128;
         let foreign = NonNull::from(&mut local).cast::<u8>();
         assert_eq!(p.free(foreign, |_| panic!("kill on a foreign block")), Err(FreeError::Foreign));
+        // SAFETY: one byte into the first block: inside our mapping, not a block start.
+        let inside = unsafe { NonNull::new_unchecked(b.as_ptr().add(1)) };
+        assert_eq!(p.free(inside, |_| panic!("kill inside a block")), Err(FreeError::Foreign));
+        // SAFETY: the second block of the same page, never handed out.
+        let never = unsafe { NonNull::new_unchecked(b.as_ptr().add(64)) };
+        assert_eq!(p.free(never, |_| panic!("kill on a fresh block")), Err(FreeError::Foreign));
         assert_eq!(p.stats().quarantined, 1);
     }
 
@@ -259,7 +293,7 @@ mod tests {
     fn when_the_source_refuses_quarantined_blocks_are_reused_before_failing() {
         let pages = HeapPages::default();
         let p = pool(&pages, 1000);
-        let all: Vec<_> = (0..85).map(|_| p.alloc().unwrap()).collect();
+        let all: Vec<_> = (0..64).map(|_| p.alloc().unwrap()).collect();
         pages.refuse.set(true);
         assert_eq!(p.alloc(), None);
         p.free(all[7], |_| {}).unwrap();

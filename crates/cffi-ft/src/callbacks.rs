@@ -28,7 +28,7 @@
 //! installed by CAS (so the C test "`reserved1 == NULL`: nothing attached yet" stays
 //! true); `reserved2` is no longer used. A [`Binding`] owns a strong reference to the
 //! interpreter key and one to the info tuple; it is dropped, and they are released with
-//! `Py_DecRef`, by whoever holds it last: a reader leaving [`cffi_ft_xpy_lookup`] or the
+//! `Py_DecRef`, by whoever holds it last: a caller leaving [`cffi_ft_xpy_call`] or the
 //! binder's [`cffi_ft_xpy_release`], all on attached threads (rule R4). Rust holds no
 //! lock here; the C side serialises binders with a `PyMutex` and releases the old
 //! binding after unlocking (rule R3).
@@ -49,8 +49,8 @@ use crate::externpy::_cffi_externpy_s;
 
 /// Freed callbacks that wait before their block is reused: a stale C pointer to a
 /// freed callback reaches the "dead callback" target until this many more callbacks
-/// have been freed. 1024 blocks of `sizeof(ffi_closure)` (56 bytes on x86-64 and
-/// aarch64, rounded to 56) hold back 56 KiB.
+/// have been freed. 1024 blocks of `sizeof(ffi_closure)` (56 bytes on x86-64, which
+/// the pool rounds up to 64) hold back 64 KiB.
 const QUARANTINE: usize = 1024;
 
 /// Anonymous private pages, never unmapped (as in cffi's `malloc_closure.h`).
@@ -176,26 +176,41 @@ unsafe fn binding_field<'a>(xp: *mut _cffi_externpy_s) -> &'a AtomicPtr<c_void> 
     unsafe { AtomicPtr::from_ptr(std::ptr::addr_of_mut!((*xp).reserved1)) }
 }
 
-/// The hot path of every `extern "Python"` call, on an attached thread: a NEW
-/// reference to the info tuple bound for `interp_key`, or NULL (never bound, or bound
-/// in another interpreter; no exception).
+/// The hot path of every `extern "Python"` call, on an attached thread: if `xp` is
+/// bound for `interp_key`, calls `invoke(infotuple, ctx)` and returns 1; else returns
+/// 0 (never bound, or bound in another interpreter; no exception). The binding is held
+/// by an arc-swap guard for the length of the call: no lock, no reference count
+/// bumped on the shared tuple, and a concurrent rebind cannot release it under the
+/// call (the rebinder pays the guard's debt instead; writers never wait for readers).
 ///
 /// # Safety
-/// `xp` as for [`binding_field`]; `interp_key` is a live object.
+/// `xp` as for [`binding_field`]; `interp_key` is a live object; `invoke` may be
+/// called with the bound tuple (borrowed for the call) and `ctx`.
 #[no_mangle]
-pub unsafe extern "C" fn cffi_ft_xpy_lookup(xp: *mut _cffi_externpy_s, interp_key: *mut ffi::PyObject) -> *mut ffi::PyObject {
-    let found = catch_panic(|| {
+pub unsafe extern "C" fn cffi_ft_xpy_call(
+    xp: *mut _cffi_externpy_s,
+    interp_key: *mut ffi::PyObject,
+    invoke: unsafe extern "C" fn(*mut ffi::PyObject, *mut c_void),
+    ctx: *mut c_void,
+) -> c_int {
+    let called = catch_panic(|| {
         // SAFETY: per the contract; reserved1 is only written by `install`.
         let slot = unsafe { BindingSlot::<Binding>::published(binding_field(xp)) }?;
         slot.find(|b| {
             (b.interp_key == interp_key).then(|| {
-                // SAFETY: the guard keeps `b`, and so its reference, alive here.
-                unsafe { ffi::Py_IncRef(b.infotuple) };
-                b.infotuple
+                // SAFETY: the guard keeps `b`, and so its tuple, alive for the call.
+                unsafe { invoke(b.infotuple, ctx) }
             })
         })
     });
-    found.ok().flatten().unwrap_or(std::ptr::null_mut())
+    match called {
+        Ok(Some(())) => 1,
+        Ok(None) => 0,
+        Err(message) => {
+            eprintln!("cffi-ft: extern \"Python\" call: {message}");
+            0
+        }
+    }
 }
 
 /// Binds `xp` to `infotuple` for `interp_key` (both borrowed; the binding takes its
@@ -204,7 +219,7 @@ pub unsafe extern "C" fn cffi_ft_xpy_lookup(xp: *mut _cffi_externpy_s, interp_ke
 /// Returns NULL as well if a kit bug was caught (reported on stderr; nothing bound).
 ///
 /// # Safety
-/// As for [`cffi_ft_xpy_lookup`], on an attached thread.
+/// As for [`cffi_ft_xpy_call`], on an attached thread.
 #[no_mangle]
 pub unsafe extern "C" fn cffi_ft_xpy_bind(
     xp: *mut _cffi_externpy_s,

@@ -35,7 +35,7 @@
 //!   `ffi.callback()` (crate `callback-dispatch`): one owner per block, freed blocks
 //!   redirected to a "dead callback" target and quarantined before reuse, double
 //!   frees reported.
-//! * `callbacks::cffi_ft_xpy_{lookup,bind,release,check_layout}`: the binding of each
+//! * `callbacks::cffi_ft_xpy_{call,bind,release,check_layout}`: the binding of each
 //!   `extern "Python"` function, read lock-free and replaced by one swap; the struct's
 //!   layout comes from cffi's `parse_c_type.h` through bindgen (`build.rs`).
 //!
