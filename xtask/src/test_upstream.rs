@@ -169,13 +169,17 @@ pub fn cell_dir(step: u32, interp: &Interpreter) -> PathBuf {
 /// (step 4's layout of `struct _cffi_externpy_s`) loads libclang at build time.
 const FEATURE_BUILD_PACKAGES: &[(&str, &[&str])] = &[("callback-dispatch", &["libclang1"])];
 
-fn ensure_feature_build_packages(features: &[String], log: &Path) -> Result<()> {
-    let packages: Vec<&str> = FEATURE_BUILD_PACKAGES
+/// The Debian packages that building the staticlib with `features` needs.
+fn feature_build_packages(features: &[String]) -> Vec<&'static str> {
+    FEATURE_BUILD_PACKAGES
         .iter()
         .filter(|(feature, _)| features.iter().any(|f| f == feature))
         .flat_map(|(_, packages)| packages.iter().copied())
-        .collect();
-    util::ensure_debian_packages(&packages, "build dependencies of the staticlib", log)
+        .collect()
+}
+
+fn ensure_feature_build_packages(features: &[String], log: &Path) -> Result<()> {
+    util::ensure_debian_packages(&feature_build_packages(features), "build dependencies of the staticlib", log)
 }
 
 /// `cargo test -p cffi-ft` with the features of the latest step (the unit tests that
@@ -658,6 +662,18 @@ mod tests {
     #[test]
     fn the_default_suites_are_all_suites() {
         assert_eq!(DEFAULT_SUITES, ALL_SUITES.map(Suite::name).join(","));
+    }
+
+    #[test]
+    fn only_steps_with_bindgen_need_libclang() {
+        let features = |list: &[&str]| list.iter().map(|f| f.to_string()).collect::<Vec<_>>();
+        assert!(feature_build_packages(&features(&[])).is_empty());
+        assert!(feature_build_packages(&features(&["ctype-intern", "lib-registry"])).is_empty());
+        assert_eq!(feature_build_packages(&features(&["lib-registry", "callback-dispatch"])), vec!["libclang1"]);
+        // the real series: step 4 is the first whose features need it
+        let series = Series::load("1.17.1").unwrap();
+        assert!(feature_build_packages(&series.features_up_to(3)).is_empty());
+        assert_eq!(feature_build_packages(&series.features_up_to(4)), vec!["libclang1"]);
     }
 
     #[test]
