@@ -41,9 +41,8 @@ use std::sync::OnceLock;
 use callback_dispatch::{at_thread_exit, AtThreadExit, BindingSlot, ClosurePool, FreeError, PageSource, PoolConfig};
 use pyo3_ffi as ffi;
 
-use crate::edge::entry;
+use crate::edge::{entry, quiet_entry};
 use crate::kit::{CLOSURE_DOUBLE_FREE, CLOSURE_FOREIGN};
-use crate::panic_guard::catch_panic;
 
 use crate::externpy::_cffi_externpy_s;
 
@@ -106,11 +105,9 @@ fn pool() -> Option<&'static ClosurePool<MmapPages>> {
 /// trampoline until the caller prepares it.
 #[no_mangle]
 pub extern "C" fn cffi_ft_closure_alloc() -> *mut c_void {
-    catch_panic(|| pool().and_then(|p| p.alloc()).map_or(std::ptr::null_mut(), |b| b.as_ptr().cast()))
-        .unwrap_or_else(|message| {
-            eprintln!("cffi-ft: closure alloc: {message}");
-            std::ptr::null_mut()
-        })
+    quiet_entry("closure alloc", std::ptr::null_mut(), || {
+        pool().and_then(|p| p.alloc()).map_or(std::ptr::null_mut(), |b| b.as_ptr().cast())
+    })
 }
 
 /// Gives a block back: `kill(block)` runs first, under the pool's lock (it must only
@@ -122,7 +119,7 @@ pub extern "C" fn cffi_ft_closure_alloc() -> *mut c_void {
 /// `kill` is safe to call with a block of this pool.
 #[no_mangle]
 pub unsafe extern "C" fn cffi_ft_closure_free(block: *mut c_void, kill: unsafe extern "C" fn(*mut c_void)) -> c_int {
-    let result = catch_panic(|| {
+    quiet_entry("closure free", -1, || {
         let (Some(pool), Some(block)) = (pool(), NonNull::new(block.cast::<u8>())) else {
             return CLOSURE_FOREIGN;
         };
@@ -132,10 +129,6 @@ pub unsafe extern "C" fn cffi_ft_closure_free(block: *mut c_void, kill: unsafe e
             Err(FreeError::DoubleFree) => CLOSURE_DOUBLE_FREE,
             Err(FreeError::Foreign) => CLOSURE_FOREIGN,
         }
-    });
-    result.unwrap_or_else(|message| {
-        eprintln!("cffi-ft: closure free: {message}");
-        -1
     })
 }
 
@@ -157,7 +150,7 @@ unsafe impl Sync for Binding {}
 impl Drop for Binding {
     fn drop(&mut self) {
         // SAFETY: we own one reference to each; every drop happens on an attached
-        // thread (lookup, release), as the module doc says.
+        // thread (call, release), as the module doc says.
         unsafe {
             ffi::Py_DecRef(self.infotuple);
             ffi::Py_DecRef(self.interp_key);
@@ -193,24 +186,19 @@ pub unsafe extern "C" fn cffi_ft_xpy_call(
     invoke: unsafe extern "C" fn(*mut ffi::PyObject, *mut c_void),
     ctx: *mut c_void,
 ) -> c_int {
-    let called = catch_panic(|| {
+    quiet_entry("extern \"Python\" call", 0, || {
         // SAFETY: per the contract; reserved1 is only written by `install`.
-        let slot = unsafe { BindingSlot::<Binding>::published(binding_field(xp)) }?;
-        slot.find(|b| {
+        let Some(slot) = (unsafe { BindingSlot::<Binding>::published(binding_field(xp)) }) else {
+            return 0;
+        };
+        let called = slot.find(|b| {
             (b.interp_key == interp_key).then(|| {
                 // SAFETY: the guard keeps `b`, and so its tuple, alive for the call.
                 unsafe { invoke(b.infotuple, ctx) }
             })
-        })
-    });
-    match called {
-        Ok(Some(())) => 1,
-        Ok(None) => 0,
-        Err(message) => {
-            eprintln!("cffi-ft: extern \"Python\" call: {message}");
-            0
-        }
-    }
+        });
+        c_int::from(called.is_some())
+    })
 }
 
 /// Binds `xp` to `infotuple` for `interp_key` (both borrowed; the binding takes its
@@ -226,7 +214,7 @@ pub unsafe extern "C" fn cffi_ft_xpy_bind(
     interp_key: *mut ffi::PyObject,
     infotuple: *mut ffi::PyObject,
 ) -> *mut c_void {
-    let old = catch_panic(|| {
+    quiet_entry("extern \"Python\" bind", std::ptr::null_mut(), || {
         // SAFETY: both are live objects (contract); the binding owns these references.
         unsafe {
             ffi::Py_IncRef(interp_key);
@@ -235,16 +223,8 @@ pub unsafe extern "C" fn cffi_ft_xpy_bind(
         let binding = Binding { interp_key, infotuple };
         // SAFETY: per the contract.
         let slot = unsafe { BindingSlot::<Binding>::install(binding_field(xp)) };
-        slot.bind(binding)
-    });
-    match old {
-        Ok(Some(old)) => std::sync::Arc::into_raw(old).cast_mut().cast(),
-        Ok(None) => std::ptr::null_mut(),
-        Err(message) => {
-            eprintln!("cffi-ft: extern \"Python\" bind: {message}");
-            std::ptr::null_mut()
-        }
-    }
+        slot.bind(binding).map_or(std::ptr::null_mut(), |old| std::sync::Arc::into_raw(old).cast_mut().cast())
+    })
 }
 
 /// Drops a binding that [`cffi_ft_xpy_bind`] returned (NULL: no-op). Its references
@@ -259,9 +239,7 @@ pub unsafe extern "C" fn cffi_ft_xpy_release(old: *mut c_void) {
     }
     // SAFETY: per the contract, one reference made by `Arc::into_raw`.
     let old = unsafe { std::sync::Arc::from_raw(old.cast_const().cast::<Binding>()) };
-    if let Err(message) = catch_panic(move || drop(old)) {
-        eprintln!("cffi-ft: extern \"Python\" release: {message}");
-    }
+    quiet_entry("extern \"Python\" release", (), move || drop(old));
 }
 
 /// The C compiler's view of `struct _cffi_externpy_s` against bindgen's: 0 if they
@@ -300,13 +278,9 @@ pub extern "C" fn cffi_ft_xpy_check_layout(size: usize, reserved1: usize, reserv
 #[no_mangle]
 pub unsafe extern "C" fn cffi_ft_thread_at_exit(release: unsafe extern "C" fn()) -> c_int {
     // SAFETY: the caller's contract is `at_thread_exit`'s.
-    match catch_panic(|| unsafe { at_thread_exit(release) }) {
-        Ok(AtThreadExit::Registered) => 1,
-        Ok(AtThreadExit::AlreadyRegistered) => 0,
-        Ok(AtThreadExit::TooLate) => -1,
-        Err(message) => {
-            eprintln!("cffi-ft: thread exit hook: {message}");
-            -1
-        }
-    }
+    quiet_entry("thread exit hook", -1, || match unsafe { at_thread_exit(release) } {
+        AtThreadExit::Registered => 1,
+        AtThreadExit::AlreadyRegistered => 0,
+        AtThreadExit::TooLate => -1,
+    })
 }

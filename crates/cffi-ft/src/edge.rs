@@ -11,6 +11,16 @@ use pyo3_ffi as ffi;
 use crate::kit::{check_abi, Abi, ENABLED_STEPS, KIT_VERSION};
 use crate::panic_guard::catch_panic;
 
+/// Runs an entry that must not raise (deallocs, and calls from C with no exception
+/// channel): a panic is reported on stderr and `fallback` returned; whatever the body
+/// owned is leaked, never freed twice.
+pub(crate) fn quiet_entry<R>(what: &str, fallback: R, body: impl FnOnce() -> R) -> R {
+    catch_panic(body).unwrap_or_else(|message| {
+        eprintln!("cffi-ft: {what}: {message}");
+        fallback
+    })
+}
+
 /// Runs an entry body under the panic guard; a panic becomes `SystemError`.
 pub(crate) fn entry(body: impl FnOnce() -> c_int) -> c_int {
     match catch_panic(body) {

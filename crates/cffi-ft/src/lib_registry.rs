@@ -32,8 +32,7 @@ use std::sync::OnceLock;
 use lib_registry::{Close, Closing, Library, Loader, OpenHandle, Pin, PinTable};
 use pyo3_ffi as ffi;
 
-use crate::edge::{entry, raise};
-use crate::panic_guard::catch_panic;
+use crate::edge::{entry, quiet_entry, raise};
 
 use crate::kit::{LIB_CLOSED, LIB_NOT_FOUND};
 
@@ -115,14 +114,6 @@ fn attached_pins() -> &'static PinTable<Pin<DlLoader>> {
     TABLE.get_or_init(PinTable::new)
 }
 
-/// Runs a `void` entry; a panic is reported on stderr (these run in deallocs, where no
-/// exception can be raised) and whatever the body owned is leaked, never freed twice.
-fn quiet_entry(what: &str, body: impl FnOnce()) {
-    if let Err(message) = catch_panic(body) {
-        eprintln!("cffi-ft: {what}: {message}");
-    }
-}
-
 /// Copies `message` into the caller's buffer (truncated, NUL-terminated).
 fn write_message(buf: *mut c_char, len: usize, message: &str) {
     if buf.is_null() || len == 0 {
@@ -168,7 +159,7 @@ pub unsafe extern "C" fn cffi_ft_lib_free(lib: *mut Lib) {
         return;
     }
     // SAFETY: per the contract, we own the box.
-    quiet_entry("freeing a library entry", || drop(unsafe { Box::from_raw(lib) }));
+    quiet_entry("freeing a library entry", (), || drop(unsafe { Box::from_raw(lib) }));
 }
 
 /// Starts a close: 1 and `*out` set (this call won), 0 (already closed), -1 (panic,
@@ -264,7 +255,7 @@ pub unsafe extern "C" fn cffi_ft_lib_unpin(pin: RawPin) {
         return;
     }
     // SAFETY: per the contract, C gives the pin back.
-    quiet_entry("releasing a library pin", || drop(unsafe { take_pin(pin) }));
+    quiet_entry("releasing a library pin", (), || drop(unsafe { take_pin(pin) }));
 }
 
 /// `dlsym` on a pinned handle: 0 and `*address` (possibly NULL), 1 if not found (the
@@ -364,7 +355,7 @@ pub unsafe extern "C" fn cffi_ft_lib_pin_attach(owner: *const c_void, pin: RawPi
 /// `owner` is the dying object's address (its memory not yet reused).
 #[no_mangle]
 pub unsafe extern "C" fn cffi_ft_lib_pin_detach(owner: *const c_void) {
-    quiet_entry("releasing an attached library pin", || {
+    quiet_entry("releasing an attached library pin", (), || {
         let table = attached_pins();
         if table.maybe_attached() {
             drop(table.detach(owner as usize));
