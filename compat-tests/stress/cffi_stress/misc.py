@@ -315,8 +315,9 @@ def s41(threads, rounds, fx):
 @scenario(42, "s42_shared_array_iterator", ["F9"], rounds=300)
 def s42(threads, rounds, fx):
     """T threads iterate one shared iterator over a cdata array (of 2000 ints, followed in
-    memory by sentinels). Invariant: every item is one of the array's values (never a
-    sentinel: no out-of-bounds read)."""
+    memory by sentinels). Invariants: every item is one of the array's values (never a
+    sentinel: no out-of-bounds read), and between them the threads get each item exactly
+    once (none taken twice, none skipped)."""
     ffi = fx.abi()
     N = 2000
     with Racer(threads) as r:
@@ -329,8 +330,12 @@ def s42(threads, rounds, fx):
                 return [x for x in it]
 
             res = r.run(body)
-            got = set()
+            got = collections.Counter()
             for lst in res:
                 got.update(lst)
             bad = sorted(x for x in got if not 1 <= x <= N)
             check(not bad, "round %d: iterator produced values outside the array: %s", rnd, bad[:5])
+            twice = sorted(x for x, c in got.items() if c > 1)
+            missing = N - len(got)
+            check(not twice and not missing, "round %d: the shared iterator gave %d items "
+                  "more than once (e.g. %s) and skipped %d", rnd, len(twice), twice[:5], missing)

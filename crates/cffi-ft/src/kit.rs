@@ -17,6 +17,8 @@ pub const ENABLED_STEPS: &[u32] = &[
     3,
     #[cfg(feature = "callback-dispatch")]
     4,
+    #[cfg(feature = "exactly-once")]
+    5,
 ];
 
 /// Step 3: what `cffi_ft_lib_with_symbol` returns when the library is closed, and when
