@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::python::{self, Interpreter};
 use crate::series::Series;
-use crate::test_upstream::{self, Plan, Suite};
+use crate::cell::{self, Plan, Suite};
 use crate::upstream;
 use crate::util::{self, status, warn, Finished, Step};
 
@@ -305,7 +305,7 @@ fn bench_script() -> PathBuf {
 
 /// The kit's cell for (step, interpreter), shared with test-upstream and stress.
 fn ensure_kit(plan: &Plan, step: u32, interp: &Interpreter) -> Result<(PathBuf, &'static str)> {
-    let (built, reused) = test_upstream::reuse_or_build_cell(plan, step, interp)?;
+    let (built, reused) = cell::reuse_or_build_cell(plan, step, interp)?;
     Ok((built.python, if reused { "reused" } else { "built" }))
 }
 

@@ -5,6 +5,7 @@
 //! as one `error:` line.
 
 mod bench;
+mod cell;
 mod python;
 mod report;
 mod series;
@@ -21,7 +22,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::series::Series;
-use crate::test_upstream::{Plan, Suite};
+use crate::cell::{Plan, Suite};
 
 const DEFAULT_CFFI: &str = "1.17.1";
 
@@ -127,7 +128,7 @@ struct TestArgs {
     /// apt-get when missing: its tests + pictures from 8 threads), client-pycares (pycares
     /// 4.11.0, `extern "Python"` callbacks from c-ares: its tests that need no DNS + lookups
     /// of localhost from 8 threads).
-    #[arg(long, value_name = "LIST", default_value = test_upstream::DEFAULT_SUITES)]
+    #[arg(long, value_name = "LIST", default_value = cell::DEFAULT_SUITES)]
     suites: String,
     /// Run each test N times at once with pytest-run-parallel (1: plain run).
     #[arg(long, value_name = "N", default_value_t = 1)]
@@ -336,7 +337,7 @@ fn ci(args: CiArgs) -> Result<bool> {
             steps: Some("latest".into()),
             pythons: args.pythons,
         },
-        suites: test_upstream::DEFAULT_SUITES.into(),
+        suites: cell::DEFAULT_SUITES.into(),
         parallel_threads: 1,
         jobs: None,
         suite_timeout_min: 30,

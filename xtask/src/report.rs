@@ -4,7 +4,7 @@
 //! Each command merges its cells into the existing report (a cell replaces the earlier
 //! cell with the same key), so suites run by different commands share one report.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::fs;
 use std::path::PathBuf;
@@ -43,7 +43,21 @@ pub struct Cell {
     pub run_at: u64,
     /// Suite `stress` only: per-scenario tallies over the K runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scenarios: Option<std::collections::BTreeMap<String, crate::stress::ScenarioTally>>,
+    pub scenarios: Option<BTreeMap<String, ScenarioTally>>,
+}
+
+/// One scenario's tallies over K runs (as written by the suite's --stress-json).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ScenarioTally {
+    pub component: String,
+    #[serde(default)]
+    pub hazards: Vec<String>,
+    pub runs: u64,
+    pub passed: u64,
+    pub failed: u64,
+    pub crashed: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<String>,
 }
 
 impl Cell {

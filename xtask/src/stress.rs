@@ -13,11 +13,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use serde::{Deserialize, Serialize};
 
+use crate::cell::{self, Plan};
 use crate::python::Interpreter;
-use crate::report::{self, Cell};
-use crate::test_upstream::{self, Plan};
+use crate::report::{self, Cell, ScenarioTally};
 use crate::util::{self, status, Step};
 
 #[derive(Args)]
@@ -40,20 +39,6 @@ pub struct StressArgs {
     /// Only these scenarios or components (comma-separated, pytest -k syntax is not used).
     #[arg(long, value_name = "LIST")]
     pub only: Option<String>,
-}
-
-/// One scenario's tallies over K runs (as written by the suite's --stress-json).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct ScenarioTally {
-    pub component: String,
-    #[serde(default)]
-    pub hazards: Vec<String>,
-    pub runs: u64,
-    pub passed: u64,
-    pub failed: u64,
-    pub crashed: u64,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub details: Vec<String>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -170,7 +155,7 @@ pub fn judge(
 }
 
 fn run_cell(plan: &Plan, args: &StressArgs, rules: &[Rule], step: u32, interp: &Interpreter) -> Result<Cell> {
-    let (built, reused) = test_upstream::reuse_or_build_cell(plan, step, interp)?;
+    let (built, reused) = cell::reuse_or_build_cell(plan, step, interp)?;
     if reused {
         status(format!("[{}] step {step}: reusing the built cell {}", interp.label(), built.dir.display()));
     }
@@ -220,7 +205,7 @@ fn run_cell(plan: &Plan, args: &StressArgs, rules: &[Rule], step: u32, interp: &
         .and_then(|v| v.get("scenarios").cloned().or(Some(v)))
         .and_then(|v| serde_json::from_value(v).ok())
         .unwrap_or_default();
-    let gil_enabled_after = test_upstream::read_gil_state(&gil_file);
+    let gil_enabled_after = cell::read_gil_state(&gil_file);
     let (mut outcome, mut detail) = judge(rules, step, interp.free_threaded, &scenarios);
     if scenarios.is_empty() {
         outcome = if finished.status.code().is_none() { "crashed".into() } else { "failed".into() };
@@ -281,7 +266,7 @@ pub fn run(plan: &Plan, args: &StressArgs) -> Result<bool> {
                             .map(|&step| {
                                 run_cell(plan, args, rules, step, interp).unwrap_or_else(|err| {
                                     util::warn(format!("[{}] step {step} stress: {err:#}", interp.label()));
-                                    test_upstream::failed_cell(step, interp, "stress", args.threads, &err)
+                                    cell::failed_cell(step, interp, "stress", args.threads, &err)
                                 })
                             })
                             .collect::<Vec<_>>()
