@@ -4,6 +4,7 @@
 //! came back on a free-threaded build); 2 bad input or an environment problem, reported
 //! as one `error:` line.
 
+mod backends;
 mod bench;
 mod cell;
 mod python;
