@@ -221,6 +221,8 @@ fn run(cmd: Cmd) -> Result<bool> {
             Ok(true)
         }
         Cmd::Stress(cmd) => {
+            // refuse bad options (an unknown --only name) before any provisioning
+            stress::check_args(&cmd.stress)?;
             let test_args = TestArgs {
                 selection: cmd.selection,
                 suites: "upstream".into(),

@@ -58,6 +58,13 @@ pub struct ScenarioTally {
     pub crashed: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<String>,
+    /// Rounds per run (the suite's `rounds`, from --stress-rounds or --stress-scale).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rounds: Option<u64>,
+    /// When the run that gave these tallies ended (a stress cell merged from runs with
+    /// `--only` holds scenarios of several runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<u64>,
 }
 
 impl Cell {
@@ -118,13 +125,24 @@ pub fn report_paths() -> (PathBuf, PathBuf) {
     (dir.join("report.json"), dir.join("report.md"))
 }
 
-/// Merges `cells` into the report on disk and rewrites report.json and report.md.
-pub fn merge_and_write(cffi_version: &str, cells: &[Cell]) -> Result<Report> {
-    let (json_path, md_path) = report_paths();
-    let mut report = fs::read_to_string(&json_path)
+/// The report on disk for `cffi_version`, if there is a readable one.
+fn read_report(cffi_version: &str) -> Option<Report> {
+    let (json_path, _) = report_paths();
+    fs::read_to_string(&json_path)
         .ok()
         .and_then(|t| serde_json::from_str::<Report>(&t).ok())
         .filter(|r| r.cffi_version == cffi_version)
+}
+
+/// The cells of the report on disk for `cffi_version` (none when there is none).
+pub fn existing_cells(cffi_version: &str) -> Vec<Cell> {
+    read_report(cffi_version).map(|r| r.cells).unwrap_or_default()
+}
+
+/// Merges `cells` into the report on disk and rewrites report.json and report.md.
+pub fn merge_and_write(cffi_version: &str, cells: &[Cell]) -> Result<Report> {
+    let (json_path, md_path) = report_paths();
+    let mut report = read_report(cffi_version)
         .unwrap_or(Report {
             cffi_version: cffi_version.to_string(),
             kit_version: String::new(),
