@@ -1,8 +1,9 @@
 //! The comparison backends: vanilla cffi 1.17.1 (unpatched; on 3.13t run with
 //! `PYTHON_GIL=0`: unsafe, the floor) and upstream cffi 2.1.1 (on 3.13t built by removing
 //! its refusal: forced, unsupported), each installed from its pristine sdist into its own
-//! venv, beside the kit's cells (`cell`). The bench measures against them; nothing here
-//! knows a command.
+//! venv, beside the kit's cells (`cell`). The bench measures against them and the stress
+//! suite runs in them (each in its own folder: `target/cffi-ft/bench/`, `compare/`);
+//! nothing here knows a command.
 //!
 //! A backend is a `Family` on one interpreter (`BackendSpec`); `backend_command` runs its
 //! Python with the environment the backend needs, `probe` says what `_cffi_backend` it
@@ -18,6 +19,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::python::Interpreter;
+use crate::upstream;
 use crate::util::{self, Step};
 
 /// The cffi the kit patches, and the vanilla baseline.
@@ -153,13 +155,62 @@ pub fn remove_ft_refusal(setup_py: &str) -> Result<String> {
         bail!("setup.py: the free-threaded check at line {} raises nothing; not removing it", start + 1);
     }
     let mut out: Vec<String> = lines[..start].iter().map(|s| s.to_string()).collect();
-    out.push("# cffi-ft bench: the refusal of free-threaded 3.13 was removed here (forced, unsupported upstream)".into());
+    out.push("# cffi-ft: the refusal of free-threaded 3.13 was removed here (forced, unsupported upstream)".into());
     out.extend(lines[end..].iter().map(|s| s.to_string()));
     Ok(out.join("\n") + "\n")
 }
 
+/// A comparison backend's pristine source: the unpacked sdist and its sha256.
+pub struct PipSource {
+    pub tree: PathBuf,
+    pub sha256: String,
+}
+
+/// The pristine cffi 1.17.1 sdist (the one the kit patches), for vanilla.
+pub fn vanilla_source() -> Result<PipSource> {
+    let up = upstream::fetch_sdist(KIT_CFFI)?;
+    let sha256 = fs::read_to_string(up.tree.join(".cffi-ft-sdist-sha256")).unwrap_or_default().trim().to_string();
+    Ok(PipSource { tree: up.tree, sha256 })
+}
+
+/// The cffi 2.1.1 sdist (sha256-pinned), unpacked beside 1.17.1's in target/cffi-ft/upstream/.
+pub fn upstream_source() -> Result<PipSource> {
+    let tree = upstream::fetch_pinned_sdist(UPSTREAM_VERSION, UPSTREAM_SHA256, &util::kit_target_dir().join("upstream"))?;
+    Ok(PipSource { tree, sha256: UPSTREAM_SHA256.to_string() })
+}
+
+/// Which of kit, vanilla and upstream a `--backends` list names (bench and stress).
+pub fn select_families(spec: &str) -> Result<(bool, bool, bool)> {
+    let (mut kit, mut vanilla, mut up) = (false, false, false);
+    for part in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match part {
+            "kit" => kit = true,
+            "vanilla" => vanilla = true,
+            "upstream" => up = true,
+            other => bail!("--backends: unknown backend {other:?} (known: kit, vanilla, upstream)"),
+        }
+    }
+    if !(kit || vanilla || up) {
+        bail!("--backends: no backend selected");
+    }
+    Ok((kit, vanilla, up))
+}
+
+/// Every line of compat-tests/requirements.txt (pytest and its plugins, pycparser,
+/// setuptools): what a venv that runs the kit's Python tests needs, as the cells have.
+pub fn test_requirements() -> Result<Vec<String>> {
+    let path = util::workspace_root().join("compat-tests").join("requirements.txt");
+    let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
 /// The build requirements of the vanilla and 2.1.1 venvs, pinned like the kit's cells.
-fn build_requirements() -> Vec<String> {
+pub fn build_requirements() -> Vec<String> {
     let text = fs::read_to_string(util::workspace_root().join("compat-tests").join("requirements.txt")).unwrap_or_default();
     let mut out = Vec::new();
     for (name, fallback) in [("setuptools", "setuptools"), ("pycparser", "pycparser<3")] {
@@ -183,13 +234,16 @@ struct PipStamp {
 }
 
 /// vanilla 1.17.1 or upstream 2.1.1 installed from a scratch copy of its pristine tree
-/// into its own venv `<root>/<spec id>/`; reused when the stamp matches.
+/// into its own venv `<root>/<spec id>/`, with `requirements` installed first (the build
+/// needs setuptools and pycparser; a venv that runs tests needs pytest too); reused when
+/// the stamp (backend, sdist, interpreter, requirements) matches.
 pub fn ensure_pip_backend(
     root: &Path,
     spec: &BackendSpec,
     interp: &Interpreter,
     tree: &Path,
     sha: &str,
+    requirements: &[String],
 ) -> Result<(PathBuf, &'static str)> {
     let dir = root.join(spec.id());
     let python = dir.join("venv").join("bin").join("python");
@@ -201,7 +255,7 @@ pub fn ensure_pip_backend(
         interpreter_version: interp.version.clone(),
         free_threaded: interp.free_threaded,
         forced: spec.forced(),
-        requirements: build_requirements(),
+        requirements: requirements.to_vec(),
     };
     let have: Option<PipStamp> = fs::read_to_string(&stamp_file).ok().and_then(|t| serde_json::from_str(&t).ok());
     if have.as_ref() == Some(&want) && python.exists() {
@@ -264,6 +318,23 @@ mod tests {
         assert!(!out.contains("raise") && out.contains("forced, unsupported upstream"), "{out}");
         assert!(out.contains("FREE_THREADED_BUILD = True\n\n# cffi-ft") && out.contains("\n\ndef f():\n    pass\n"), "{out}");
         assert!(remove_ft_refusal("print(1)\n").is_err());
+    }
+
+    #[test]
+    fn backends_lists_parse() {
+        assert_eq!(select_families("kit,upstream").unwrap(), (true, false, true));
+        assert_eq!(select_families(" vanilla ,kit").unwrap(), (true, true, false));
+        assert!(select_families("kit,pypy").unwrap_err().to_string().contains("unknown backend \"pypy\""));
+        assert!(select_families(",").is_err());
+    }
+
+    #[test]
+    fn test_venvs_get_every_requirement_and_build_venvs_the_build_ones() {
+        let all = test_requirements().unwrap();
+        assert!(all.iter().any(|r| r.starts_with("pytest==")) && all.iter().any(|r| r.starts_with("pytest-timeout")), "{all:?}");
+        for r in build_requirements() {
+            assert!(all.contains(&r), "{r} of the build requirements is not pinned in requirements.txt");
+        }
     }
 
     #[test]

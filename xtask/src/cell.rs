@@ -286,6 +286,7 @@ pub fn failed_cell(step: u32, interp: &Interpreter, suite: &str, parallel_thread
         log: cell_dir(step, interp).join("build.log").display().to_string(),
         run_at: util::unix_now(),
         scenarios: None,
+        backend: None,
     }
 }
 

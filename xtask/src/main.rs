@@ -351,7 +351,7 @@ fn ci(args: CiArgs) -> Result<bool> {
     test_upstream::test_umbrella_features(&plan)?;
     let upstream_ok = test_upstream::run(&plan)?;
     util::status("ci: stress suite, short (scale 0.1, one run), latest step, both interpreters");
-    let short = stress::StressArgs { threads: 8, rounds: None, scale: 0.1, repeat: 1, timeout: 120, only: None };
+    let short = stress::StressArgs { threads: 8, rounds: None, scale: 0.1, repeat: 1, timeout: 120, only: None, backends: "kit".into() };
     let stress_ok = stress::run(&plan, &short)?;
     Ok(upstream_ok && stress_ok)
 }

@@ -24,10 +24,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
+use crate::backends::{self, BackendSpec, Family, PipSource};
 use crate::cell::{self, Plan};
 use crate::python::Interpreter;
 use crate::report::{self, Cell, ScenarioTally};
-use crate::util::{self, status, Step};
+use crate::util::{self, status, Finished, Step};
 
 #[derive(Args)]
 pub struct StressArgs {
@@ -52,6 +53,13 @@ pub struct StressArgs {
     /// stress cells of report.json; the other scenarios keep their figures.
     #[arg(long, value_name = "LIST")]
     pub only: Option<String>,
+    /// Columns, comma-separated: kit (the steps, judged by stress-expectations), vanilla
+    /// (cffi 1.17.1 unpatched, on 3.13t with PYTHON_GIL=0) and upstream (cffi 2.1.1
+    /// forced onto 3.13t). vanilla and upstream run on the free-threaded interpreters only
+    /// and are judged by nothing: they show the kit's steps against them, scenario by
+    /// scenario; a run that ends with the GIL on fails their column.
+    #[arg(long, value_name = "LIST", default_value = "kit")]
+    pub backends: String,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -199,6 +207,7 @@ pub fn check_args(args: &StressArgs) -> Result<Option<Vec<String>>> {
     if args.scale.is_nan() || args.scale <= 0.0 {
         bail!("--scale must be positive");
     }
+    backends::select_families(&args.backends)?;
     match &args.only {
         None => Ok(None),
         Some(spec) => Ok(Some(select_only(spec, &known_scenarios()?)?)),
@@ -368,29 +377,39 @@ pub fn merge_cell(
     new
 }
 
-fn run_cell(
-    plan: &Plan,
-    args: &StressArgs,
-    only: Option<&[String]>,
-    rules: &[Rule],
-    step: u32,
-    interp: &Interpreter,
-) -> Result<Cell> {
-    let (built, reused) = cell::reuse_or_build_cell(plan, step, interp)?;
-    if reused {
-        status(format!("[{}] step {step}: reusing the built cell {}", interp.label(), built.dir.display()));
-    }
-    let json = built.dir.join("stress.json");
-    let log = built.dir.join("stress.log");
-    let junit = built.dir.join("stress.xml");
-    let gil_file = built.dir.join("stress-gil.json");
-    let tmp = built.dir.join("tmp-stress");
+/// What one run of the stress suite needs: a venv's Python with the backend, the folder
+/// its outputs go to, and the environment the backend runs in.
+struct SuiteTarget<'a> {
+    python: &'a Path,
+    dir: &'a Path,
+    /// "[3.13.5t] step 2", "[3.13.5t] vanilla-1.17.1"
+    label: String,
+    env: Vec<(String, String)>,
+}
+
+/// One run of the suite, read back.
+struct SuiteRun {
+    scenarios: BTreeMap<String, ScenarioTally>,
+    gil_enabled_after: Option<bool>,
+    finished: Finished,
+    duration_s: u64,
+    log: PathBuf,
+    run_at: u64,
+}
+
+/// Runs the stress suite (the scenarios `only`, or all) in `target`.
+fn run_suite(target: &SuiteTarget, args: &StressArgs, only: Option<&[String]>) -> Result<SuiteRun> {
+    let json = target.dir.join("stress.json");
+    let log = target.dir.join("stress.log");
+    let junit = target.dir.join("stress.xml");
+    let gil_file = target.dir.join("stress-gil.json");
+    let tmp = target.dir.join("tmp-stress");
     fs::create_dir_all(&tmp)?;
     for f in [&json, &junit, &gil_file] {
         let _ = fs::remove_file(f);
     }
     let tests = util::workspace_root().join("compat-tests");
-    let mut cmd = Command::new(&built.python);
+    let mut cmd = Command::new(target.python);
     cmd.args(["-m", "pytest", "-v", "-rfE", "-p", "no:cacheprovider"])
         .arg(tests.join("stress"))
         .arg(format!("--rootdir={}", tests.display()))
@@ -412,9 +431,12 @@ fn run_cell(
         .env("PYTHONUNBUFFERED", "1")
         .env("CFFI_FT_GIL_STATE_FILE", &gil_file)
         .env("TMPDIR", &tmp);
+    for (k, v) in &target.env {
+        cmd.env(k, v);
+    }
     let started = Instant::now();
     let finished = Step {
-        label: format!("[{}] step {step}: stress suite (T={}, K={})", interp.label(), args.threads, args.repeat),
+        label: format!("{}: stress suite (T={}, K={})", target.label, args.threads, args.repeat),
         cmd: &mut cmd,
         log: &log,
         timeout: Some(Duration::from_secs(6 * 3600)),
@@ -430,44 +452,182 @@ fn run_cell(
     for t in scenarios.values_mut() {
         t.run_at = Some(run_at);
     }
-    let gil_enabled_after = cell::read_gil_state(&gil_file);
-    let (mut outcome, mut detail) = judge(rules, step, interp.free_threaded, &scenarios);
-    if scenarios.is_empty() {
-        outcome = if finished.status.code().is_none() { "crashed".into() } else { "failed".into() };
-        detail = Some(format!("the stress suite produced no results ({}; see {})", finished.describe(), log.display()));
+    Ok(SuiteRun {
+        scenarios,
+        gil_enabled_after: cell::read_gil_state(&gil_file),
+        finished,
+        duration_s: started.elapsed().as_secs(),
+        log,
+        run_at,
+    })
+}
+
+/// The stress cell of a run: counts of scenarios, the outcome from `judge` (or the
+/// failure of a run that gave no results).
+fn stress_cell(
+    run: SuiteRun,
+    step: u32,
+    interp: &Interpreter,
+    threads: u32,
+    backend: Option<String>,
+    judge: impl Fn(&BTreeMap<String, ScenarioTally>) -> (String, Option<String>),
+) -> Cell {
+    let (mut outcome, mut detail) = judge(&run.scenarios);
+    if run.scenarios.is_empty() {
+        outcome = if run.finished.status.code().is_none() { "crashed".into() } else { "failed".into() };
+        detail = Some(format!(
+            "the stress suite produced no results ({}; see {})",
+            run.finished.describe(),
+            run.log.display()
+        ));
     }
     let mut cell = Cell {
         step,
         python: interp.version.clone(),
         free_threaded: interp.free_threaded,
         suite: "stress".into(),
-        parallel_threads: args.threads,
+        parallel_threads: threads,
         passed: 0,
         failed: 0,
         errors: 0,
         skipped: 0,
         xfailed: 0,
-        gil_enabled_after,
+        gil_enabled_after: run.gil_enabled_after,
         outcome,
         detail,
-        duration_s: started.elapsed().as_secs(),
-        log: log.display().to_string(),
-        run_at,
+        duration_s: run.duration_s,
+        log: run.log.display().to_string(),
+        run_at: run.run_at,
         scenarios: None,
+        backend,
     };
-    set_counts(&mut cell, &scenarios);
-    cell.scenarios = Some(scenarios);
+    set_counts(&mut cell, &run.scenarios);
+    cell.scenarios = Some(run.scenarios);
+    cell
+}
+
+/// The kit at `step` on `interp` (its cell built or reused through `cell`), judged by
+/// the series' expectations.
+fn run_cell(
+    plan: &Plan,
+    args: &StressArgs,
+    only: Option<&[String]>,
+    rules: &[Rule],
+    step: u32,
+    interp: &Interpreter,
+) -> Result<Cell> {
+    let (built, reused) = cell::reuse_or_build_cell(plan, step, interp)?;
+    if reused {
+        status(format!("[{}] step {step}: reusing the built cell {}", interp.label(), built.dir.display()));
+    }
+    let target = SuiteTarget {
+        python: &built.python,
+        dir: &built.dir,
+        label: format!("[{}] step {step}", interp.label()),
+        env: Vec::new(),
+    };
+    let run = run_suite(&target, args, only)?;
+    Ok(stress_cell(run, step, interp, args.threads, None, |m| judge(rules, step, interp.free_threaded, m)))
+}
+
+// ---------------------------------------------------------------------------------------
+// Comparison columns: vanilla 1.17.1 and cffi 2.1.1 on 3.13t, not judged
+
+/// The comparison backends' venvs (with the test requirements, unlike the bench's).
+fn compare_dir() -> PathBuf {
+    util::kit_target_dir().join("compare")
+}
+
+/// What a comparison backend's stress run adds to the environment: its own (vanilla on
+/// 3.13t: PYTHON_GIL=0), passed on to the scenarios' child processes (which drop
+/// PYTHON_GIL unless told), and on a free-threaded build a run that ends with the GIL
+/// enabled fails (compat-tests/stress/child.py). Vanilla's API-mode fixtures are compiled
+/// without the limited API, which 1.17.1 asks for and 3.13t lacks (as the kit's step 0
+/// and the bench's modules do).
+fn compare_env(spec: &BackendSpec) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = spec.env().into_iter().collect();
+    if let Some(gil) = spec.env().get("PYTHON_GIL") {
+        env.push(("CFFI_FT_STRESS_PYTHON_GIL".into(), gil.clone()));
+    }
+    if spec.family == Family::Vanilla && spec.free_threaded {
+        env.push(("CFFI_FT_STRESS_NO_LIMITED_API".into(), "1".into()));
+    }
+    if spec.free_threaded {
+        env.push(("CFFI_FT_STRESS_REQUIRE_GIL_OFF".into(), "1".into()));
+    }
+    env
+}
+
+/// A comparison column: the stress suite in the venv of `spec` (built or reused through
+/// `backends`), counted like a kit cell and judged by nothing. If the GIL was on at the
+/// end of the suite's own process on 3.13t, the column says so.
+fn run_compare_cell(args: &StressArgs, only: Option<&[String]>, spec: &BackendSpec, source: &PipSource, interp: &Interpreter) -> Result<Cell> {
+    let requirements = backends::test_requirements()?;
+    let (python, how) = backends::ensure_pip_backend(&compare_dir(), spec, interp, &source.tree, &source.sha256, &requirements)?;
+    let probe = backends::probe(&python, spec).with_context(|| format!("{}: the backend does not import", spec.label()))?;
+    status(format!("[{}] {}: {how}, cffi {} ({})", interp.label(), spec.label(), probe.version, probe.file));
+    if interp.free_threaded && probe.gil_enabled != Some(false) {
+        bail!("{}: the GIL is enabled after importing _cffi_backend", spec.label());
+    }
+    let dir = compare_dir().join(spec.id());
+    let target = SuiteTarget {
+        python: &python,
+        dir: &dir,
+        label: format!("[{}] {}", interp.label(), spec.family.name()),
+        env: compare_env(spec),
+    };
+    let run = run_suite(&target, args, only)?;
+    let mut cell = stress_cell(run, 0, interp, args.threads, Some(spec.family.name()), |_| ("ok".into(), None));
+    if interp.free_threaded && cell.gil_enabled_after == Some(true) && cell.outcome == "ok" {
+        cell.outcome = "failed".into();
+        cell.detail = Some("the GIL was enabled at the end of the suite's process".into());
+    }
     Ok(cell)
 }
 
-/// Runs the stress suite for every (step, interpreter) of the plan. Returns whether every
-/// cell of this run is good (with `--only`: judged on the scenarios it ran).
+/// A comparison column whose backend could not be built or run.
+fn failed_compare_cell(args: &StressArgs, spec: &BackendSpec, interp: &Interpreter, err: &anyhow::Error) -> Cell {
+    let mut cell = cell::failed_cell(0, interp, "stress", args.threads, err);
+    cell.log = compare_dir().join(spec.id()).join("build.log").display().to_string();
+    cell.backend = Some(spec.family.name());
+    cell
+}
+
+/// The comparison columns `--backends` asks for, on the free-threaded interpreters (on a
+/// GIL build every backend is serialised by the GIL: nothing to compare).
+fn compare_columns(plan: &Plan, vanilla: bool, upstream: bool) -> Result<Vec<(BackendSpec, PipSource, Interpreter)>> {
+    if !(vanilla || upstream) {
+        return Ok(Vec::new());
+    }
+    let ft: Vec<&Interpreter> = plan.interpreters.iter().filter(|i| i.free_threaded).collect();
+    if ft.is_empty() {
+        bail!("--backends vanilla/upstream: the comparison columns run on free-threaded interpreters, and none is selected");
+    }
+    let mut out = Vec::new();
+    for (wanted, family) in [(vanilla, Family::Vanilla), (upstream, Family::Upstream)] {
+        if !wanted {
+            continue;
+        }
+        let source = if family == Family::Vanilla { backends::vanilla_source()? } else { backends::upstream_source()? };
+        for interp in &ft {
+            let spec = BackendSpec { family, python: interp.version.clone(), free_threaded: true };
+            out.push((spec, PipSource { tree: source.tree.clone(), sha256: source.sha256.clone() }, (*interp).clone()));
+        }
+    }
+    Ok(out)
+}
+
+/// Runs the stress suite for every (step, interpreter) of the plan, and the comparison
+/// columns of `--backends`. Returns whether every kit cell of this run is good (with
+/// `--only`: judged on the scenarios it ran); comparison columns do not count.
 pub fn run(plan: &Plan, args: &StressArgs) -> Result<bool> {
     let only = check_args(args)?;
+    let (with_kit, with_vanilla, with_upstream) = backends::select_families(&args.backends)?;
     let rules = load_expectations(&plan.upstream.version)?;
+    let compare = compare_columns(plan, with_vanilla, with_upstream)?;
     status(format!(
-        "stress: steps {:?}; interpreters {}; T={} K={} {}",
-        plan.steps,
+        "stress: {}; interpreters {}; T={} K={} {}",
+        if with_kit { format!("steps {:?}", plan.steps) } else { "no kit steps".into() },
         plan.interpreters.iter().map(Interpreter::label).collect::<Vec<_>>().join(", "),
         args.threads,
         args.repeat,
@@ -476,18 +636,25 @@ pub fn run(plan: &Plan, args: &StressArgs) -> Result<bool> {
             None => format!("scale={}", args.scale),
         }
     ));
+    if !compare.is_empty() {
+        status(format!(
+            "stress: comparison columns (not judged): {}",
+            compare.iter().map(|(s, _, _)| s.label()).collect::<Vec<_>>().join(", ")
+        ));
+    }
     if let Some(only) = &only {
         status(format!("stress: only {} (merged into the stress cells of the report)", only.join(", ")));
     }
+    let steps: &[u32] = if with_kit { &plan.steps } else { &[] };
     let mut cells = Vec::new();
     for chunk in plan.interpreters.chunks(plan.jobs.max(1)) {
         let results: Vec<Vec<Cell>> = std::thread::scope(|scope| {
             let handles: Vec<_> = chunk
                 .iter()
                 .map(|interp| {
-                    let (rules, only) = (&rules, only.as_deref());
+                    let (rules, only, compare) = (&rules, only.as_deref(), &compare);
                     scope.spawn(move || {
-                        plan.steps
+                        let mut out: Vec<Cell> = steps
                             .iter()
                             .map(|&step| {
                                 run_cell(plan, args, only, rules, step, interp).unwrap_or_else(|err| {
@@ -495,7 +662,14 @@ pub fn run(plan: &Plan, args: &StressArgs) -> Result<bool> {
                                     cell::failed_cell(step, interp, "stress", args.threads, &err)
                                 })
                             })
-                            .collect::<Vec<_>>()
+                            .collect();
+                        for (spec, source, _) in compare.iter().filter(|(_, _, i)| i.executable == interp.executable) {
+                            out.push(run_compare_cell(args, only, spec, source, interp).unwrap_or_else(|err| {
+                                util::warn(format!("[{}] {} stress: {err:#}", interp.label(), spec.label()));
+                                failed_compare_cell(args, spec, interp, &err)
+                            }));
+                        }
+                        out
                     })
                 })
                 .collect();
@@ -511,8 +685,14 @@ pub fn run(plan: &Plan, args: &StressArgs) -> Result<bool> {
             .into_iter()
             .map(|new| match existing.iter().find(|old| old.key() == new.key() && old.scenarios.is_some()) {
                 Some(old) => {
-                    let (step, ft) = (new.step, new.free_threaded);
-                    merge_cell(old, new, selected, args.repeat, |m| judge(&rules, step, ft, m))
+                    let (step, ft, compared) = (new.step, new.free_threaded, new.backend.is_some());
+                    merge_cell(old, new, selected, args.repeat, |m| {
+                        if compared {
+                            ("ok".into(), None)
+                        } else {
+                            judge(&rules, step, ft, m)
+                        }
+                    })
                 }
                 None => new,
             })
@@ -520,48 +700,10 @@ pub fn run(plan: &Plan, args: &StressArgs) -> Result<bool> {
     }
     report::merge_and_write(&plan.upstream.version, &cells)?;
     println!("\n{}", report::render_matrix(&cells));
-    println!("{}", render_scenarios(&cells));
+    println!("{}", report::render_scenarios(&cells));
     let (json, md) = report::report_paths();
     println!("report: {} and {}", md.display(), json.display());
     Ok(good)
-}
-
-
-/// Per-scenario table: rows are scenarios (grouped by component), columns are cells.
-pub fn render_scenarios(cells: &[Cell]) -> String {
-    let cols: Vec<&Cell> = cells.iter().filter(|c| c.scenarios.is_some()).collect();
-    if cols.is_empty() {
-        return String::new();
-    }
-    let mut names: Vec<(String, String)> = Vec::new();
-    for c in &cols {
-        for (name, t) in c.scenarios.as_ref().into_iter().flatten() {
-            if !names.iter().any(|(n, _)| n == name) {
-                names.push((name.clone(), t.component.clone()));
-            }
-        }
-    }
-    names.sort_by(|a, b| (&a.1, &a.0).cmp(&(&b.1, &b.0)));
-    let mut out = String::from("## stress scenarios (passed / failed / crashed of runs)\n\n| component | scenario |");
-    for c in &cols {
-        out.push_str(&format!(" step {} {} |", c.step, c.column()));
-    }
-    out.push_str("\n|---|---|");
-    out.push_str(&"---|".repeat(cols.len()));
-    out.push('\n');
-    for (name, component) in &names {
-        out.push_str(&format!("| {component} | {name} |"));
-        for c in &cols {
-            let cell = c.scenarios.as_ref().and_then(|m| m.get(name));
-            let text = cell.map_or("—".to_string(), |t| {
-                let mark = if t.failed + t.crashed > 0 { " ✗" } else { "" };
-                format!("{}/{}/{} of {}{mark}", t.passed, t.failed, t.crashed, t.runs)
-            });
-            out.push_str(&format!(" {text} |"));
-        }
-        out.push('\n');
-    }
-    out
 }
 
 #[cfg(test)]
@@ -648,7 +790,7 @@ mod tests {
         }
         assert!(select_only("s99", &known).unwrap_err().to_string().contains("\"s99\""));
         assert!(select_only(" , ", &known).unwrap_err().to_string().contains("no scenario selected"));
-        assert!(check_args(&StressArgs { threads: 8, rounds: None, scale: 0.1, repeat: 1, timeout: 120, only: Some("s99".into()) }).is_err());
+        assert!(check_args(&StressArgs { threads: 8, rounds: None, scale: 0.1, repeat: 1, timeout: 120, only: Some("s99".into()), backends: "kit".into() }).is_err());
     }
 
     #[test]
@@ -723,6 +865,7 @@ mod tests {
             log: "stress.log".into(),
             run_at: 0,
             scenarios: None,
+            backend: None,
         };
         let map: BTreeMap<String, ScenarioTally> = scenarios.iter().map(|(n, t)| (n.to_string(), t.clone())).collect();
         set_counts(&mut cell, &map);
@@ -777,6 +920,27 @@ mod tests {
         assert_eq!(after.outcome, "crashed");
         assert!(after.detail.as_deref().unwrap().starts_with("the stress suite produced no results; merged: 0 scenario(s)"));
         assert_eq!(after.scenarios.as_ref().unwrap().keys().collect::<Vec<_>>(), ["s03_pointer_type_churn", "s14_callback_create_call_drop"]);
+    }
+
+    #[test]
+    fn comparison_columns_keep_the_gil_off_in_every_child() {
+        let spec = |family, t| BackendSpec { family, python: "3.13.5".into(), free_threaded: t };
+        let env = |family, t| compare_env(&spec(family, t)).into_iter().collect::<BTreeMap<_, _>>();
+        let vanilla = env(Family::Vanilla, true);
+        assert_eq!(vanilla.get("PYTHON_GIL").map(String::as_str), Some("0"));
+        // the suite's children drop PYTHON_GIL unless told to set it
+        assert_eq!(vanilla.get("CFFI_FT_STRESS_PYTHON_GIL").map(String::as_str), Some("0"));
+        assert_eq!(vanilla.get("CFFI_FT_STRESS_REQUIRE_GIL_OFF").map(String::as_str), Some("1"));
+        assert_eq!(vanilla.get("CFFI_FT_STRESS_NO_LIMITED_API").map(String::as_str), Some("1"));
+        let upstream = env(Family::Upstream, true);
+        for key in ["PYTHON_GIL", "CFFI_FT_STRESS_PYTHON_GIL", "CFFI_FT_STRESS_NO_LIMITED_API"] {
+            assert!(!upstream.contains_key(key), "{key}: {upstream:?}");
+        }
+        assert_eq!(upstream.get("CFFI_FT_STRESS_REQUIRE_GIL_OFF").map(String::as_str), Some("1"));
+        assert!(env(Family::Vanilla, false).is_empty());
+        let args = |backends: &str| StressArgs { threads: 8, rounds: None, scale: 1.0, repeat: 1, timeout: 120, only: None, backends: backends.into() };
+        assert!(check_args(&args("kit,vanilla,upstream")).is_ok());
+        assert!(check_args(&args("kit,2.1.1")).unwrap_err().to_string().contains("unknown backend \"2.1.1\""));
     }
 
     #[test]

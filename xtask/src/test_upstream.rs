@@ -191,6 +191,7 @@ pub fn run_suite(plan: &Plan, step: u32, interp: &Interpreter, built: &BuiltCell
         log: log.display().to_string(),
         run_at: util::unix_now(),
         scenarios: None,
+        backend: None,
     })
 }
 

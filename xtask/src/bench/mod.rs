@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use clap::Args;
 
-use crate::backends::{BackendSpec, Family, KIT_CFFI, UPSTREAM_SHA256, UPSTREAM_VERSION};
+use crate::backends::{self, select_families, BackendSpec, Family, KIT_CFFI, UPSTREAM_SHA256};
 use crate::cell::{Plan, Suite};
 use crate::python::{self, Interpreter};
 use crate::series::Series;
@@ -46,7 +46,7 @@ use crate::upstream;
 use crate::util::{self, status, warn};
 
 use self::json::{json_results, json_verdicts, JsonBackend, JsonReport};
-use self::prepare::{bench_dir, prepare_backend, Backend, Source};
+use self::prepare::{prepare_backend, Backend, Source};
 use self::render::render_table;
 use self::run::{run_one, threaded_round};
 use self::stats::{aggregate, interval_level, spread_summary, Run, Summary, DEFAULT_THRESHOLD_PCT};
@@ -221,22 +221,6 @@ pub fn select_ops(spec: Option<&str>) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// (kit, vanilla, upstream) selected by --backends.
-pub fn select_families(spec: &str) -> Result<(bool, bool, bool)> {
-    let (mut kit, mut vanilla, mut up) = (false, false, false);
-    for part in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        match part {
-            "kit" => kit = true,
-            "vanilla" => vanilla = true,
-            "upstream" => up = true,
-            other => bail!("--backends: unknown backend {other:?} (known: kit, vanilla, upstream)"),
-        }
-    }
-    if !(kit || vanilla || up) {
-        bail!("--backends: no backend selected");
-    }
-    Ok((kit, vanilla, up))
-}
 /// "1 h 02 min", "12 min 05 s", "42 s".
 pub fn fmt_duration(d: Duration) -> String {
     let s = d.as_secs_f64().round() as u64;
@@ -295,7 +279,7 @@ pub fn run(args: BenchArgs) -> Result<bool> {
     let interpreters = python::resolve(&args.pythons)?;
     let kit_upstream = upstream::fetch_sdist(KIT_CFFI)?;
     let up_tree = if with_upstream {
-        Some(upstream::fetch_pinned_sdist(UPSTREAM_VERSION, UPSTREAM_SHA256, &bench_dir().join("upstream"))?)
+        Some(backends::upstream_source()?.tree)
     } else {
         None
     };
@@ -544,8 +528,6 @@ mod tests {
         assert!(select_ops(Some("extern_python")).unwrap_err().to_string().contains("extern_python_from_c"));
         assert_eq!(select_ops(None).unwrap().len(), OPS.len());
         assert!(select_ops(Some("nope")).unwrap_err().to_string().contains("unknown operation"));
-        assert_eq!(select_families("kit,upstream").unwrap(), (true, false, true));
-        assert!(select_families("kit,pypy").is_err());
         assert!(is_busy(1.5, 2) && !is_busy(0.9, 2));
     }
 }

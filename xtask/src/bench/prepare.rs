@@ -78,7 +78,9 @@ pub(super) enum Source<'a> {
 pub(super) fn prepare_backend(spec: &BackendSpec, source: &Source) -> Result<Backend> {
     let (python, build) = match source {
         Source::Kit(plan, step, interp) => ensure_kit(plan, *step, interp)?,
-        Source::Pip(interp, tree, sha) => backends::ensure_pip_backend(&bench_dir(), spec, interp, tree, sha)?,
+        Source::Pip(interp, tree, sha) => {
+            backends::ensure_pip_backend(&bench_dir(), spec, interp, tree, sha, &backends::build_requirements())?
+        }
     };
     let probe = backends::probe(&python, spec).with_context(|| format!("{}: the backend does not import", spec.label()))?;
     let modules = ensure_modules(spec, &python, &probe)?;
