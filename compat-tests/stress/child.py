@@ -7,12 +7,25 @@ normal interpreter exit, so a crash or hang *at exit* is still seen by the paren
 1 = an invariant broke (``cffi-stress: FAILED: <message>`` on stderr);
 3 = a sub-process started by the scenario crashed or hung
 (``cffi-stress: CRASHED: <message>``). Anything else (a signal, a hang) is classified by
-the parent. The parent removes PYTHON_GIL from the environment.
+the parent. The parent removes PYTHON_GIL from the environment (or sets it to
+$CFFI_FT_STRESS_PYTHON_GIL, see ``_support.python_env``).
+
+With CFFI_FT_STRESS_REQUIRE_GIL_OFF=1 on a free-threaded build, a scenario that ends
+with the GIL enabled fails (exit 1): a run with the GIL back on proves nothing about
+thread safety. `xtask stress` sets it for its comparison backends.
 """
 import faulthandler
 import os
 import sys
 import traceback
+
+
+def gil_enabled():
+    """Whether this free-threaded build runs with the GIL now (False on GIL builds)."""
+    import sysconfig
+    if not sysconfig.get_config_var("Py_GIL_DISABLED"):
+        return False
+    return bool(sys._is_gil_enabled())
 
 
 def main(argv):
@@ -44,6 +57,11 @@ def main(argv):
         sys.stderr.flush()
         os._exit(1)
     faulthandler.cancel_dump_traceback_later()
+    if os.environ.get("CFFI_FT_STRESS_REQUIRE_GIL_OFF") == "1" and gil_enabled():
+        sys.stderr.write("cffi-stress: FAILED: the GIL is enabled at the end of the scenario "
+                         "(PYTHON_GIL=%s)\n" % os.environ.get("PYTHON_GIL", "unset"))
+        sys.stderr.flush()
+        os._exit(1)
     sys.stderr.write("cffi-stress: OK\n")
     sys.stderr.flush()
     return 0

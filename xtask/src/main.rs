@@ -4,7 +4,9 @@
 //! came back on a free-threaded build); 2 bad input or an environment problem, reported
 //! as one `error:` line.
 
+mod backends;
 mod bench;
+mod cell;
 mod python;
 mod report;
 mod series;
@@ -21,7 +23,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::series::Series;
-use crate::test_upstream::{Plan, Suite};
+use crate::cell::{Plan, Suite};
 
 const DEFAULT_CFFI: &str = "1.17.1";
 
@@ -127,7 +129,7 @@ struct TestArgs {
     /// apt-get when missing: its tests + pictures from 8 threads), client-pycares (pycares
     /// 4.11.0, `extern "Python"` callbacks from c-ares: its tests that need no DNS + lookups
     /// of localhost from 8 threads).
-    #[arg(long, value_name = "LIST", default_value = test_upstream::DEFAULT_SUITES)]
+    #[arg(long, value_name = "LIST", default_value = cell::DEFAULT_SUITES)]
     suites: String,
     /// Run each test N times at once with pytest-run-parallel (1: plain run).
     #[arg(long, value_name = "N", default_value_t = 1)]
@@ -219,6 +221,8 @@ fn run(cmd: Cmd) -> Result<bool> {
             Ok(true)
         }
         Cmd::Stress(cmd) => {
+            // refuse bad options (an unknown --only name) before any provisioning
+            stress::check_args(&cmd.stress)?;
             let test_args = TestArgs {
                 selection: cmd.selection,
                 suites: "upstream".into(),
@@ -336,7 +340,7 @@ fn ci(args: CiArgs) -> Result<bool> {
             steps: Some("latest".into()),
             pythons: args.pythons,
         },
-        suites: test_upstream::DEFAULT_SUITES.into(),
+        suites: cell::DEFAULT_SUITES.into(),
         parallel_threads: 1,
         jobs: None,
         suite_timeout_min: 30,
@@ -347,7 +351,7 @@ fn ci(args: CiArgs) -> Result<bool> {
     test_upstream::test_umbrella_features(&plan)?;
     let upstream_ok = test_upstream::run(&plan)?;
     util::status("ci: stress suite, short (scale 0.1, one run), latest step, both interpreters");
-    let short = stress::StressArgs { threads: 8, rounds: None, scale: 0.1, repeat: 1, timeout: 120, only: None };
+    let short = stress::StressArgs { threads: 8, rounds: None, scale: 0.1, repeat: 1, timeout: 120, only: None, backends: "kit".into() };
     let stress_ok = stress::run(&plan, &short)?;
     Ok(upstream_ok && stress_ok)
 }

@@ -4,7 +4,7 @@
 //! Each command merges its cells into the existing report (a cell replaces the earlier
 //! cell with the same key), so suites run by different commands share one report.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::fs;
 use std::path::PathBuf;
@@ -43,12 +43,47 @@ pub struct Cell {
     pub run_at: u64,
     /// Suite `stress` only: per-scenario tallies over the K runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scenarios: Option<std::collections::BTreeMap<String, crate::stress::ScenarioTally>>,
+    pub scenarios: Option<BTreeMap<String, ScenarioTally>>,
+    /// A comparison column (stress only): the backend that ran instead of the kit,
+    /// "vanilla-1.17.1" (on 3.13t with PYTHON_GIL=0) or "upstream-2.1.1" (forced onto
+    /// 3.13t); its `step` is 0 and means nothing. Judged by nothing: informational, so
+    /// never bad (the exit status follows the kit's cells only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+}
+
+/// One scenario's tallies over K runs (as written by the suite's --stress-json).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ScenarioTally {
+    pub component: String,
+    #[serde(default)]
+    pub hazards: Vec<String>,
+    pub runs: u64,
+    pub passed: u64,
+    pub failed: u64,
+    pub crashed: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<String>,
+    /// Rounds per run (the suite's `rounds`, from --stress-rounds or --stress-scale).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rounds: Option<u64>,
+    /// When the run that gave these tallies ended (a stress cell merged from runs with
+    /// `--only` holds scenarios of several runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<u64>,
 }
 
 impl Cell {
-    pub fn key(&self) -> (u32, String, bool, String, u32) {
-        (self.step, self.python.clone(), self.free_threaded, self.suite.clone(), self.parallel_threads)
+    pub fn key(&self) -> (u32, String, bool, String, u32, Option<String>) {
+        (self.step, self.python.clone(), self.free_threaded, self.suite.clone(), self.parallel_threads, self.backend.clone())
+    }
+
+    /// The row of the cell in its matrix: "step 2", or the comparison backend.
+    pub fn row(&self) -> String {
+        match &self.backend {
+            Some(b) => b.clone(),
+            None => format!("step {}", self.step),
+        }
     }
 
     pub fn column(&self) -> String {
@@ -57,6 +92,9 @@ impl Cell {
 
     /// A cell is bad if anything failed, or the GIL came back on a free-threaded build.
     pub fn is_bad(&self) -> bool {
+        if self.backend.is_some() {
+            return false;
+        }
         if self.scenarios.is_some() {
             // stress cells are judged against the series' expectations (stress.rs)
             return self.outcome != "ok";
@@ -104,13 +142,24 @@ pub fn report_paths() -> (PathBuf, PathBuf) {
     (dir.join("report.json"), dir.join("report.md"))
 }
 
-/// Merges `cells` into the report on disk and rewrites report.json and report.md.
-pub fn merge_and_write(cffi_version: &str, cells: &[Cell]) -> Result<Report> {
-    let (json_path, md_path) = report_paths();
-    let mut report = fs::read_to_string(&json_path)
+/// The report on disk for `cffi_version`, if there is a readable one.
+fn read_report(cffi_version: &str) -> Option<Report> {
+    let (json_path, _) = report_paths();
+    fs::read_to_string(&json_path)
         .ok()
         .and_then(|t| serde_json::from_str::<Report>(&t).ok())
         .filter(|r| r.cffi_version == cffi_version)
+}
+
+/// The cells of the report on disk for `cffi_version` (none when there is none).
+pub fn existing_cells(cffi_version: &str) -> Vec<Cell> {
+    read_report(cffi_version).map(|r| r.cells).unwrap_or_default()
+}
+
+/// Merges `cells` into the report on disk and rewrites report.json and report.md.
+pub fn merge_and_write(cffi_version: &str, cells: &[Cell]) -> Result<Report> {
+    let (json_path, md_path) = report_paths();
+    let mut report = read_report(cffi_version)
         .unwrap_or(Report {
             cffi_version: cffi_version.to_string(),
             kit_version: String::new(),
@@ -129,10 +178,11 @@ pub fn merge_and_write(cffi_version: &str, cells: &[Cell]) -> Result<Report> {
         "# cffi-ft report: cffi {}\n\nKit {}. Cells: passed / failed / errors / skipped \
          (/ xfail: upstream tests that hit a known hazard which a later step fixes), and \
          whether the GIL was enabled at the end of the run. ✗ marks a cell that fails the \
-         run.\n\n{}",
+         run.\n\n{}{}",
         report.cffi_version,
         report.kit_version,
-        render_matrix(&report.cells)
+        render_matrix(&report.cells),
+        render_scenarios(&report.cells)
     );
     util::write_atomic(&md_path, md.as_bytes())?;
     Ok(report)
@@ -155,11 +205,17 @@ pub fn render_matrix(cells: &[Cell]) -> String {
             }
         }
         columns.sort();
-        let steps: BTreeSet<u32> = in_group.iter().map(|c| c.step).collect();
+        // the kit's steps, then the comparison backends (None sorts first)
+        let rows: BTreeSet<(Option<String>, u32)> = in_group.iter().map(|c| (c.backend.clone(), c.step)).collect();
         let threads_note = if suite == "stress" {
             // for stress cells the field holds the threads per scenario; counts are
             // scenarios, judged against the series' stress-expectations
-            format!(", T = {threads} threads per scenario; counts are scenarios (errors: crashed), judged by stress-expectations")
+            let compared = if rows.iter().any(|(b, _)| b.is_some()) {
+                "; rows below the steps: comparison backends, not judged"
+            } else {
+                ""
+            };
+            format!(", T = {threads} threads per scenario; counts are scenarios (errors: crashed), judged by stress-expectations{compared}")
         } else if threads > 1 {
             format!(", pytest-run-parallel × {threads}")
         } else {
@@ -175,32 +231,92 @@ pub fn render_matrix(cells: &[Cell]) -> String {
             let _ = write!(out, "---|");
         }
         out.push('\n');
-        for step in steps {
-            let _ = write!(out, "| {step} |");
+        for (backend, step) in rows {
+            match &backend {
+                Some(b) => {
+                    let _ = write!(out, "| {b} |");
+                }
+                None => {
+                    let _ = write!(out, "| {step} |");
+                }
+            }
             for (python, ft, _) in &columns {
                 let cell = in_group
                     .iter()
-                    .find(|c| c.step == step && &c.python == python && c.free_threaded == *ft);
+                    .find(|c| c.step == step && c.backend == backend && &c.python == python && c.free_threaded == *ft);
                 let text = cell.map_or_else(|| "—".to_string(), |c| c.text());
                 let _ = write!(out, " {text} |");
             }
             out.push('\n');
         }
-        let notes: Vec<&&Cell> = in_group.iter().filter(|c| c.detail.is_some()).collect();
+        let mut notes: Vec<&&Cell> = in_group.iter().filter(|c| c.detail.is_some()).collect();
+        // in the order of the rows
+        notes.sort_by_key(|c| (c.backend.clone(), c.step, c.python.clone(), c.free_threaded));
         if !notes.is_empty() {
             out.push('\n');
             for c in notes {
-                let _ = writeln!(
-                    out,
-                    "- step {} / {}: {}",
-                    c.step,
-                    c.column(),
-                    c.detail.as_deref().unwrap_or_default()
-                );
+                let _ = writeln!(out, "- {} / {}: {}", c.row(), c.column(), c.detail.as_deref().unwrap_or_default());
             }
         }
         out.push('\n');
     }
+    out
+}
+
+/// Per-scenario table: rows are scenarios (grouped by component), columns are cells: the
+/// kit's steps, then the comparison backends; the last row counts the scenarios that
+/// passed every run.
+pub fn render_scenarios(cells: &[Cell]) -> String {
+    let mut cols: Vec<&Cell> = cells.iter().filter(|c| c.scenarios.is_some()).collect();
+    if cols.is_empty() {
+        return String::new();
+    }
+    cols.sort_by_key(|c| (c.backend.is_some(), c.backend.clone(), c.step, c.python.clone(), c.free_threaded, c.parallel_threads));
+    let mut names: Vec<(String, String)> = Vec::new();
+    for c in &cols {
+        for (name, t) in c.scenarios.as_ref().into_iter().flatten() {
+            if !names.iter().any(|(n, _)| n == name) {
+                names.push((name.clone(), t.component.clone()));
+            }
+        }
+    }
+    names.sort_by(|a, b| (&a.1, &a.0).cmp(&(&b.1, &b.0)));
+    let several_t = cols.iter().any(|c| c.parallel_threads != cols[0].parallel_threads);
+    let mut out = String::from("## stress scenarios (passed / failed / crashed of runs)\n\n");
+    if cols.iter().any(|c| c.backend.is_some()) {
+        out.push_str(
+            "Comparison columns, not judged: vanilla-1.17.1 is cffi 1.17.1 unpatched, run with PYTHON_GIL=0 on 3.13t; \
+             upstream-2.1.1 is cffi 2.1.1 built for 3.13t against its refusal (forced). On 3.13t a run that ends \
+             with the GIL enabled is a failure of their column.\n\n",
+        );
+    }
+    out.push_str("| component | scenario |");
+    for c in &cols {
+        let t = if several_t { format!(" T={}", c.parallel_threads) } else { String::new() };
+        out.push_str(&format!(" {} {}{t} |", c.row(), c.column()));
+    }
+    out.push_str("\n|---|---|");
+    out.push_str(&"---|".repeat(cols.len()));
+    out.push('\n');
+    for (name, component) in &names {
+        out.push_str(&format!("| {component} | {name} |"));
+        for c in &cols {
+            let cell = c.scenarios.as_ref().and_then(|m| m.get(name));
+            let text = cell.map_or("—".to_string(), |t| {
+                let mark = if t.failed + t.crashed > 0 { " ✗" } else { "" };
+                format!("{}/{}/{} of {}{mark}", t.passed, t.failed, t.crashed, t.runs)
+            });
+            out.push_str(&format!(" {text} |"));
+        }
+        out.push('\n');
+    }
+    out.push_str("| all | passed every run |");
+    for c in &cols {
+        let m = c.scenarios.as_ref().expect("columns have scenarios");
+        let clean = m.values().filter(|t| t.runs > 0 && t.passed == t.runs).count();
+        out.push_str(&format!(" {clean} of {} |", m.len()));
+    }
+    out.push('\n');
     out
 }
 
@@ -266,6 +382,7 @@ mod tests {
             log: "x.log".into(),
             run_at: 0,
             scenarios: None,
+            backend: None,
         }
     }
 
@@ -297,6 +414,76 @@ mod tests {
         let mut crashed = cell(0, false, 0, None);
         crashed.outcome = "crashed".into();
         assert!(crashed.is_bad());
+    }
+
+    fn stress(step: u32, backend: Option<&str>, passed: u64, failed: u64) -> Cell {
+        let tally = |component: &str, ok: bool| ScenarioTally {
+            component: component.into(),
+            hazards: vec![],
+            runs: 3,
+            passed: if ok { 3 } else { 1 },
+            failed: if ok { 0 } else { 2 },
+            crashed: 0,
+            details: vec![],
+            rounds: Some(10),
+            run_at: Some(5),
+        };
+        let mut scenarios = BTreeMap::new();
+        for i in 0..passed {
+            scenarios.insert(format!("s{:02}_ok", i + 1), tally("unique-cache", true));
+        }
+        for i in 0..failed {
+            scenarios.insert(format!("s{:02}_bad", i + 20), tally("callbacks", false));
+        }
+        Cell {
+            suite: "stress".into(),
+            parallel_threads: 8,
+            step,
+            free_threaded: true,
+            passed,
+            failed,
+            skipped: 0,
+            outcome: "ok".into(),
+            gil_enabled_after: Some(false),
+            scenarios: Some(scenarios),
+            backend: backend.map(str::to_string),
+            ..cell(step, true, 0, Some(false))
+        }
+    }
+
+    #[test]
+    fn comparison_columns_come_after_the_steps_and_are_never_bad() {
+        let mut vanilla = stress(0, Some("vanilla-1.17.1"), 1, 2);
+        vanilla.detail = Some("the GIL was enabled at the end of the suite's process".into());
+        let cells = vec![stress(0, None, 3, 0), vanilla.clone(), stress(4, None, 3, 0), stress(0, Some("upstream-2.1.1"), 2, 1)];
+        assert!(!vanilla.is_bad(), "comparison columns are judged by nothing");
+        let mut failed_kit = stress(4, None, 3, 0);
+        failed_kit.outcome = "failed".into();
+        assert!(failed_kit.is_bad());
+        assert_ne!(cells[0].key(), cells[1].key(), "a comparison column has its own key");
+
+        let md = render_matrix(&cells);
+        let rows: Vec<&str> = md.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| step")).collect();
+        assert!(rows[0].starts_with("| 0 | 3 passed") && rows[1].starts_with("| 4 |"), "{md}");
+        assert!(rows[2].starts_with("| upstream-2.1.1 | 2 passed / 1 failed") && rows[3].starts_with("| vanilla-1.17.1 |"), "{md}");
+        assert!(!md.contains('✗'), "{md}");
+        assert!(md.contains("rows below the steps: comparison backends, not judged"), "{md}");
+        assert!(md.contains("- vanilla-1.17.1 / 3.13.5t: the GIL was enabled"), "{md}");
+
+        let table = render_scenarios(&cells);
+        let head = table.lines().find(|l| l.starts_with("| component")).unwrap();
+        assert_eq!(
+            head,
+            "| component | scenario | step 0 3.13.5t | step 4 3.13.5t | upstream-2.1.1 3.13.5t | vanilla-1.17.1 3.13.5t |"
+        );
+        assert!(table.contains("PYTHON_GIL=0") && table.contains("forced"), "{table}");
+        let bad = table.lines().find(|l| l.contains("| s20_bad |")).unwrap();
+        assert!(bad.ends_with("| — | — | 1/2/0 of 3 ✗ | 1/2/0 of 3 ✗ |"), "{bad}");
+        assert!(table.lines().last().unwrap().ends_with("| 3 of 3 | 3 of 3 | 2 of 3 | 1 of 3 |"), "{table}");
+        // report.json of before (no backend field) still reads, as kit cells
+        let mut old = serde_json::to_value(stress(1, None, 1, 0)).unwrap();
+        old.as_object_mut().unwrap().remove("backend");
+        assert_eq!(serde_json::from_value::<Cell>(old).unwrap().backend, None);
     }
 
     #[test]

@@ -151,3 +151,23 @@ fn in_place_patches_a_clean_checkout_once() {
     assert_one_line_error(&out, "already applied");
     assert!(after == snapshot(&checkout));
 }
+
+#[test]
+fn unknown_stress_scenario_is_refused_before_anything_runs() {
+    // `--python /bin/true` would be refused too, later: the --only check comes first,
+    // before interpreters, the sdist or any cell; and nothing is written.
+    let target = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(args)
+            .env("CFFI_FT_TARGET_DIR", target.path())
+            .output()
+            .expect("xtask runs")
+    };
+    let out = run(&["stress", "--only", "s99", "--python", "/bin/true"]);
+    assert_one_line_error(&out, "--only: unknown scenario or component \"s99\" (known components: callbacks, library-registry");
+    assert_one_line_error(&out, "s07_close_lib_once");
+    let out = run(&["stress", "--steps", "4", "--only", "s02,unique-cache,nope", "--repeat", "1"]);
+    assert_one_line_error(&out, "unknown scenario or component \"nope\"");
+    assert!(fs::read_dir(target.path()).unwrap().next().is_none(), "a refused stress run wrote into its target dir");
+}

@@ -425,7 +425,12 @@ def build_api(name, outdir):
     cdef, csrc = API_MODULES[name]()
     ffi = cffi.FFI()
     ffi.cdef(cdef)
-    ffi.set_source(name, csrc, extra_compile_args=["-O0", "-w"])
+    extra = {}
+    if os.environ.get("CFFI_FT_STRESS_NO_LIMITED_API") == "1":
+        # `xtask stress --backends vanilla`: vanilla cffi 1.17.1 asks for the limited API,
+        # which 3.13t lacks (the kit stops asking at step 0); compile as the kit would
+        extra = {"define_macros": [("_CFFI_NO_LIMITED_API", None)], "py_limited_api": False}
+    ffi.set_source(name, csrc, extra_compile_args=["-O0", "-w"], **extra)
     tmp = os.path.join(outdir, "build-" + name)
     os.makedirs(tmp, exist_ok=True)
     path = ffi.compile(tmpdir=tmp, verbose=False)

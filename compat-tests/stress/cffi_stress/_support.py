@@ -386,8 +386,15 @@ def signal_name(rc):
 
 def python_env():
     """The environment for sub-processes: PYTHON_GIL removed (so a free-threaded build
-    runs with the GIL off unless an import turns it on), no .pyc files written."""
+    runs with the GIL off unless an import turns it on), no .pyc files written.
+
+    With CFFI_FT_STRESS_PYTHON_GIL=V in the environment, PYTHON_GIL=V instead: how
+    `xtask stress` runs vanilla cffi 1.17.1 on 3.13t (V=0), whose modules would
+    otherwise turn the GIL on."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHON_GIL"}
+    forced = os.environ.get("CFFI_FT_STRESS_PYTHON_GIL")
+    if forced:
+        env["PYTHON_GIL"] = forced
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
 
