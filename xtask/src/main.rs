@@ -5,8 +5,10 @@
 //! as one `error:` line.
 
 mod bench;
+mod dist;
 mod python;
 mod report;
+mod sdist;
 mod series;
 mod stress;
 mod test_upstream;
@@ -63,6 +65,10 @@ enum Cmd {
     /// on 3.13 and 3.13t, interleaved in one run (ns/op, ratios with intervals and
     /// verdicts, 2-thread scaling).
     Bench(bench::BenchArgs),
+    /// A self-building sdist target/cffi-ft/dist/cffi-1.17.1+ft<N>.tar.gz: the patched
+    /// tree, the step's crates with their dependencies vendored, the C shim; setup.py
+    /// builds the staticlib with cargo, offline (--check: install it offline and test).
+    Sdist(sdist::SdistArgs),
 }
 
 #[derive(Args)]
@@ -233,6 +239,7 @@ fn run(cmd: Cmd) -> Result<bool> {
         Cmd::Loom => loom(),
         Cmd::Ci(args) => ci(args),
         Cmd::Bench(args) => bench::run(args),
+        Cmd::Sdist(args) => sdist::run(args),
     }
 }
 
