@@ -303,7 +303,14 @@ pub fn vendor(kit_dir: &Path, log: &Path) -> Result<String> {
         .env_remove("CARGO_TARGET_DIR")
         .stdout(out);
     // Step writes stdout to the log; run it by hand to keep stdout (the config).
-    let logf = fs::OpenOptions::new().create(true).append(true).open(log)?;
+    if let Some(dir) = log.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let logf = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot open log {}", log.display()))?;
     let status = cmd.stderr(logf).status().context("cannot run cargo vendor")?;
     if !status.success() {
         bail!("cargo vendor failed in {} (log: {})\n{}", kit_dir.display(), log.display(), util::tail_of_file(log, 15));
