@@ -331,10 +331,22 @@ pub struct CrateInfo {
     pub license: String,
     /// A member of the kit's workspace (not a vendored dependency).
     pub local: bool,
+    /// For members: their crates.io dependencies (normal and build, not dev).
+    pub deps: Vec<DirectDep>,
+}
+
+/// A crates.io dependency of one of the kit's crates.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DirectDep {
+    pub name: String,
+    /// cargo's requirement, e.g. `^1.7` or `=0.28.3`.
+    pub req: String,
+    /// Only a build dependency (build.rs).
+    pub build: bool,
 }
 
 /// Every package in the kit's resolve (members and vendored crates), sorted by name.
-pub fn crate_licenses(kit_dir: &Path) -> Result<Vec<CrateInfo>> {
+pub fn crate_metadata(kit_dir: &Path) -> Result<Vec<CrateInfo>> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let text = util::capture(
         Command::new(&cargo)
@@ -345,11 +357,26 @@ pub fn crate_licenses(kit_dir: &Path) -> Result<Vec<CrateInfo>> {
     let value: serde_json::Value = serde_json::from_str(&text).context("cargo metadata: not JSON")?;
     let mut out = Vec::new();
     for p in value["packages"].as_array().context("cargo metadata: no packages")? {
+        let local = p["source"].is_null();
+        let mut deps = Vec::new();
+        if local {
+            for d in p["dependencies"].as_array().into_iter().flatten() {
+                if d.get("path").is_some_and(|v| !v.is_null()) || d["kind"].as_str() == Some("dev") {
+                    continue;
+                }
+                deps.push(DirectDep {
+                    name: d["name"].as_str().unwrap_or("?").to_string(),
+                    req: d["req"].as_str().unwrap_or("*").to_string(),
+                    build: d["kind"].as_str() == Some("build"),
+                });
+            }
+        }
         out.push(CrateInfo {
             name: p["name"].as_str().unwrap_or("?").to_string(),
             version: p["version"].as_str().unwrap_or("?").to_string(),
             license: p["license"].as_str().unwrap_or("UNKNOWN").to_string(),
-            local: p["source"].is_null(),
+            local,
+            deps,
         });
     }
     out.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));

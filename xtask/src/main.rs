@@ -6,6 +6,7 @@
 
 mod bench;
 mod dist;
+mod export;
 mod python;
 mod report;
 mod sdist;
@@ -69,6 +70,11 @@ enum Cmd {
     /// tree, the step's crates with their dependencies vendored, the C shim; setup.py
     /// builds the staticlib with cargo, offline (--check: install it offline and test).
     Sdist(sdist::SdistArgs),
+    /// For distribution packagers: DIR/patches (quilt series, DEP-3 headers), the kit's
+    /// sources and its vendored crates as .tar.xz, and PACKAGING.md (vendored and
+    /// Debian routes, licenses, an installed-package check). --check: quilt push -a on
+    /// a pristine tree and PACKAGING.md's vendored route run as written.
+    Export(export::ExportArgs),
 }
 
 #[derive(Args)]
@@ -240,6 +246,7 @@ fn run(cmd: Cmd) -> Result<bool> {
         Cmd::Ci(args) => ci(args),
         Cmd::Bench(args) => bench::run(args),
         Cmd::Sdist(args) => sdist::run(args),
+        Cmd::Export(args) => export::run(args),
     }
 }
 

@@ -261,7 +261,6 @@ pub struct Installed {
     pub backend_version: String,
     pub cffi_version: String,
     pub metadata_version: String,
-    pub backend_file: String,
 }
 
 const INSPECT: &str = r#"
@@ -272,13 +271,18 @@ print(json.dumps({"gil": sys._is_gil_enabled(),
                   "steps": _cffi_backend.__cffi_ft__["steps"],
                   "backend_version": _cffi_backend.__version__,
                   "cffi_version": cffi.__version__,
-                  "metadata_version": importlib.metadata.version("cffi"),
-                  "backend_file": _cffi_backend.__file__}))
+                  "metadata_version": importlib.metadata.version("cffi")}))
 "#;
 
 /// Imports the installed cffi in a fresh process (PYTHON_GIL unset, offline) and checks
 /// the step, the versions and the GIL; returns what it said.
 pub fn inspect_installed(python: &Path, kit: &StepKit, cwd: &Path) -> Result<Installed> {
+    inspect_installed_as(python, kit, cwd, &kit.dist_version())
+}
+
+/// [`inspect_installed`] for an install whose metadata version is `metadata` (a
+/// distribution's build keeps the plain upstream version).
+pub fn inspect_installed_as(python: &Path, kit: &StepKit, cwd: &Path, metadata: &str) -> Result<Installed> {
     let text = util::capture(offline(python).args(["-c", INSPECT]).current_dir(cwd).env_remove("PYTHON_GIL"))?;
     let got: Installed = serde_json::from_str(text.lines().last().unwrap_or(""))
         .with_context(|| format!("cannot read what the installed cffi said: {text}"))?;
@@ -293,8 +297,8 @@ pub fn inspect_installed(python: &Path, kit: &StepKit, cwd: &Path) -> Result<Ins
     if &got.backend_version != cffi || &got.cffi_version != cffi {
         wrong.push(format!("versions: backend {}, cffi {} (want {cffi})", got.backend_version, got.cffi_version));
     }
-    if got.metadata_version != kit.dist_version() {
-        wrong.push(format!("metadata version {} (want {})", got.metadata_version, kit.dist_version()));
+    if got.metadata_version != metadata {
+        wrong.push(format!("metadata version {} (want {metadata})", got.metadata_version));
     }
     if !wrong.is_empty() {
         bail!("the installed cffi is wrong: {}", wrong.join("; "));
