@@ -389,8 +389,16 @@ pub fn spdx_and(licenses: impl IntoIterator<Item = String>) -> String {
     let mut set = BTreeSet::new();
     for l in licenses {
         let l = l.replace(" / ", " OR ").replace('/', " OR ");
-        let l = l.trim().to_string();
-        if l.contains(' ') && !(l.starts_with('(') && l.ends_with(')')) {
+        let l = l.trim().trim_start_matches('(').trim_end_matches(')').to_string();
+        // `MIT OR Apache-2.0` and `Apache-2.0 OR MIT` are one choice: sort the operands
+        let l = if l.contains(" OR ") && !l.contains(" AND ") {
+            let mut ops: Vec<&str> = l.split(" OR ").map(str::trim).collect();
+            ops.sort_unstable();
+            ops.join(" OR ")
+        } else {
+            l
+        };
+        if l.contains(" OR ") || l.contains(" AND ") {
             set.insert(format!("({l})"));
         } else {
             set.insert(l);
@@ -554,6 +562,8 @@ mod tests {
     #[test]
     fn license_expressions() {
         let l = spdx_and(["MIT".into(), "MIT OR Apache-2.0".into(), "MIT/Apache-2.0".into(), "MIT".into(), "BSD-3-Clause".into()]);
-        assert_eq!(l, "(MIT OR Apache-2.0) AND BSD-3-Clause AND MIT");
+        assert_eq!(l, "(Apache-2.0 OR MIT) AND BSD-3-Clause AND MIT");
+        let l = spdx_and(["Apache-2.0 OR MIT".into(), "MIT OR Apache-2.0".into(), "Apache-2.0 WITH LLVM-exception".into()]);
+        assert_eq!(l, "(Apache-2.0 OR MIT) AND Apache-2.0 WITH LLVM-exception");
     }
 }

@@ -173,8 +173,10 @@ pub fn dep3(text: &str, author: &str, last_update: &str) -> Result<String> {
         why.extend(w);
         paragraphs.push(why);
     }
-    for p in paragraphs {
-        out.push_str(" .\n");
+    for (i, p) in paragraphs.into_iter().enumerate() {
+        if i > 0 {
+            out.push_str(" .\n");
+        }
         for line in p {
             out.push_str(&line);
             out.push('\n');
@@ -481,9 +483,8 @@ fn packaging_md(kit: &StepKit, names: &Names, crates: &[CrateInfo], debian: &[Su
     let license = dist::spdx_and(std::iter::once("MIT".to_string()).chain(crates.iter().map(|c| c.license.clone())));
     let patches = kit.series.up_to(step);
     let libclang = if kit.needs_libclang {
-        "\nStep 4 and later run bindgen at build time: **libclang** must be installed (Debian: \
-         `libclang1` + `libclang-dev`'s headers are not needed; Fedora: `clang-libs`; or set \
-         `LIBCLANG_PATH`).\n"
+"\nFrom step 4 on the build runs bindgen: **libclang** must be installed at build time \
+         (Debian: `libclang1`; Fedora: `clang-libs`; or point `LIBCLANG_PATH` at it).\n"
     } else {
         ""
     };
@@ -773,9 +774,16 @@ fn check_export(kit: &StepKit, to: &Path, interp: &Interpreter) -> Result<bool> 
     if !out.status.success() || !text.contains(&format!("Now at patch patches/{last}")) {
         bail!("quilt push -a failed on a pristine tree:\n{}", text.lines().rev().take(8).collect::<Vec<_>>().join("\n"));
     }
-    let fuzz: Vec<&str> = text.lines().filter(|l| l.contains("fuzz") || l.contains("offset")).collect();
-    println!("    quilt push -a: {} patches applied, now at {last}{}", kit.series.up_to(kit.step).len(),
-        if fuzz.is_empty() { ", no fuzz, no offsets".to_string() } else { format!(" ({} hunks with fuzz/offset)", fuzz.len()) });
+    // dpkg-source and Fedora's %autosetup apply with fuzz 0: a fuzzy hunk is a failure
+    let fuzz = text.lines().filter(|l| l.contains("with fuzz")).count();
+    let offsets = text.lines().filter(|l| l.contains("(offset")).count();
+    if fuzz > 0 {
+        bail!("quilt push -a needed fuzz for {fuzz} hunk(s) (see {}/quilt.log)", dir.display());
+    }
+    println!(
+        "    quilt push -a: {} patches applied, now at {last} (no fuzz; {offsets} hunk(s) at a line offset)",
+        kit.series.up_to(kit.step).len()
+    );
     let reference = dir.join("reference");
     util::copy_tree(&up.tree, &reference, &[".cffi-ft-sdist-sha256"])?;
     series::apply(&reference, &kit.series.up_to(kit.step))?;
@@ -864,7 +872,7 @@ mod tests {
     #[test]
     fn headers_become_dep3() {
         let got = dep3(OURS, "A Person <a@example.org>", "2026-11-24").unwrap();
-        let want = "Description: do a thing\n .\n first line\n second line\n .\n Why:\n because\n\
+        let want = "Description: do a thing\n first line\n second line\n .\n Why:\n because\n\
                     Author: A Person <a@example.org>\nForwarded: not-needed\nLast-Update: 2026-11-24\n\
                     Step: 1\nKind: backend\nHazards: A1 A2\nCargo-Feature: ctype-intern\n---\n--- a/f\n+++ b/f\n@@ -1 +1 @@\n-a\n+b\n";
         assert_eq!(got, want);
