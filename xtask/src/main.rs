@@ -15,6 +15,7 @@ mod stress;
 mod test_upstream;
 mod upstream;
 mod util;
+mod wheel;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -75,6 +76,10 @@ enum Cmd {
     /// Debian routes, licenses, an installed-package check). --check: quilt push -a on
     /// a pristine tree and PACKAGING.md's vendored route run as written.
     Export(export::ExportArgs),
+    /// Wheels from the step's sdist for cp313-cp313 and cp313-cp313t (local
+    /// linux_x86_64 tags) into target/cffi-ft/dist/, built offline, their linking
+    /// checked (readelf, nm -D); --check: install each into a fresh venv and test.
+    Wheel(wheel::WheelArgs),
 }
 
 #[derive(Args)]
@@ -247,6 +252,7 @@ fn run(cmd: Cmd) -> Result<bool> {
         Cmd::Bench(args) => bench::run(args),
         Cmd::Sdist(args) => sdist::run(args),
         Cmd::Export(args) => export::run(args),
+        Cmd::Wheel(args) => wheel::run(args),
     }
 }
 
