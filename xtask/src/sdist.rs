@@ -22,6 +22,7 @@
 //! runs the kit's build suite against it.
 
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -376,7 +377,43 @@ fn check_sdist(kit: &StepKit, sdist: &Path, interp: &Interpreter) -> Result<bool
         "    installed [{label}]: cffi {} (metadata {}), __cffi_ft__ steps {:?}, GIL enabled: {}",
         got.cffi_version, got.metadata_version, got.steps, got.gil
     );
-    run_build_suite(&python, kit, &dir.join("tmp"), &label, &log)
+    let ok = run_build_suite(&python, kit, &dir.join("tmp"), &label, &log)?;
+    check_toolchain_refusals(kit, &pip, &tarball, dir, &log)?;
+    Ok(ok)
+}
+
+/// Without cargo, and with a rustc older than the workspace's rust-version, the sdist
+/// stops with the one line that says what to install (pip shows it in its report).
+fn check_toolchain_refusals(kit: &StepKit, pip: &Path, tarball: &Path, dir: &Path, log: &Path) -> Result<()> {
+    let line = format!("error: building cffi {} from source needs a Rust toolchain (cargo and rustc >= {})", kit.dist_version(), kit.rust_version);
+    let old_rustc = dir.join("old-rustc");
+    fs::write(&old_rustc, "#!/bin/sh\necho 'rustc 1.70.0 (90c541806 2023-05-31)'\n")?;
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&old_rustc, fs::Permissions::from_mode(0o755))?;
+    let cases: [(&str, Vec<(&str, String)>, &str); 2] = [
+        ("no cargo on PATH", vec![("PATH", "/usr/bin:/bin".to_string())], "[no cargo on PATH]"),
+        ("rustc 1.70", vec![("RUSTC", old_rustc.display().to_string())], "[found rustc 1.70.0"),
+    ];
+    for (what, env, detail) in cases {
+        let mut cmd = offline(pip);
+        cmd.args(["install", "--disable-pip-version-check", "--no-index", "--no-build-isolation", "--force-reinstall", "--no-deps"])
+            .arg(tarball)
+            .current_dir(dir)
+            .env_remove("CARGO")
+            .env_remove("CFFI_FT_STATICLIB");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().context("cannot run pip")?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        fs::OpenOptions::new().append(true).create(true).open(log)?.write_all(text.as_bytes())?;
+        let hit = text.lines().find(|l| l.trim_start().starts_with(&line) && l.contains(detail));
+        match (out.status.success(), hit) {
+            (false, Some(l)) => println!("    refused ({what}): {}", l.trim()),
+            _ => bail!("sdist with {what}: expected pip to fail with `{line} ... {detail}` (log: {})", log.display()),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
