@@ -345,12 +345,13 @@ pub struct DirectDep {
     pub build: bool,
 }
 
-/// Every package in the kit's resolve (members and vendored crates), sorted by name.
+/// Every package in the kit's resolve with all its features on (the trimmed umbrella has
+/// only the step's): members and vendored crates, sorted by name.
 pub fn crate_metadata(kit_dir: &Path) -> Result<Vec<CrateInfo>> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let text = util::capture(
         Command::new(&cargo)
-            .args(["metadata", "--format-version", "1", "--offline", "--locked"])
+            .args(["metadata", "--format-version", "1", "--offline", "--locked", "--all-features"])
             .current_dir(kit_dir)
             .env_remove("CARGO_TARGET_DIR"),
     )?;
