@@ -390,9 +390,9 @@ pub fn spdx_and(licenses: impl IntoIterator<Item = String>) -> String {
     let mut set = BTreeSet::new();
     for l in licenses {
         let l = l.replace(" / ", " OR ").replace('/', " OR ");
-        let l = l.trim().trim_start_matches('(').trim_end_matches(')').to_string();
+        let l = l.trim().to_string();
         // `MIT OR Apache-2.0` and `Apache-2.0 OR MIT` are one choice: sort the operands
-        let l = if l.contains(" OR ") && !l.contains(" AND ") {
+        let l = if l.contains(" OR ") && !l.contains(" AND ") && !l.contains('(') {
             let mut ops: Vec<&str> = l.split(" OR ").map(str::trim).collect();
             ops.sort_unstable();
             ops.join(" OR ")
@@ -566,5 +566,7 @@ mod tests {
         assert_eq!(l, "(Apache-2.0 OR MIT) AND BSD-3-Clause AND MIT");
         let l = spdx_and(["Apache-2.0 OR MIT".into(), "MIT OR Apache-2.0".into(), "Apache-2.0 WITH LLVM-exception".into()]);
         assert_eq!(l, "(Apache-2.0 OR MIT) AND Apache-2.0 WITH LLVM-exception");
+        let l = spdx_and(["(MIT OR Apache-2.0) AND Unicode-3.0".into(), "ISC".into()]);
+        assert_eq!(l, "((MIT OR Apache-2.0) AND Unicode-3.0) AND ISC");
     }
 }
