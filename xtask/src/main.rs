@@ -7,13 +7,17 @@
 mod backends;
 mod bench;
 mod cell;
+mod dist;
+mod export;
 mod python;
 mod report;
+mod sdist;
 mod series;
 mod stress;
 mod test_upstream;
 mod upstream;
 mod util;
+mod wheel;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -65,6 +69,19 @@ enum Cmd {
     /// on 3.13 and 3.13t, interleaved in one run (ns/op, ratios with intervals and
     /// verdicts, 2-thread scaling).
     Bench(bench::BenchArgs),
+    /// A self-building sdist target/cffi-ft/dist/cffi-1.17.1+ft<N>.tar.gz: the patched
+    /// tree, the step's crates with their dependencies vendored, the C shim; setup.py
+    /// builds the staticlib with cargo, offline (--check: install it offline and test).
+    Sdist(sdist::SdistArgs),
+    /// For distribution packagers: DIR/patches (quilt series, DEP-3 headers), the kit's
+    /// sources and its vendored crates as .tar.xz, and PACKAGING.md (vendored and
+    /// Debian routes, licenses, an installed-package check). --check: quilt push -a on
+    /// a pristine tree and PACKAGING.md's vendored route run as written.
+    Export(export::ExportArgs),
+    /// Wheels from the step's sdist for cp313-cp313 and cp313-cp313t (local
+    /// linux_x86_64 tags) into target/cffi-ft/dist/, built offline, their linking
+    /// checked (readelf, nm -D); --check: install each into a fresh venv and test.
+    Wheel(wheel::WheelArgs),
 }
 
 #[derive(Args)]
@@ -237,6 +254,9 @@ fn run(cmd: Cmd) -> Result<bool> {
         Cmd::Loom => loom(),
         Cmd::Ci(args) => ci(args),
         Cmd::Bench(args) => bench::run(args),
+        Cmd::Sdist(args) => sdist::run(args),
+        Cmd::Export(args) => export::run(args),
+        Cmd::Wheel(args) => wheel::run(args),
     }
 }
 

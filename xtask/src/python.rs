@@ -233,7 +233,7 @@ struct DebianSource {
 }
 
 /// The URI and keyring of this machine's Debian archive entry, from apt's own config.
-fn system_debian_archive() -> Result<(String, Option<String>)> {
+pub(crate) fn system_debian_archive() -> Result<(String, Option<String>)> {
     let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
     if let Ok(entries) = fs::read_dir("/etc/apt/sources.list.d") {
         let mut more: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
