@@ -29,10 +29,10 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::dist::{self, CrateInfo, DirectDep, StepKit};
+use crate::expectations;
 use crate::python::{self, Interpreter};
 use crate::sdist;
 use crate::series::{self, Patch};
-use crate::stress;
 use crate::upstream;
 use crate::util::{self, status, Step};
 
@@ -235,11 +235,11 @@ fn rel(root: &Path, path: &Path) -> Result<String> {
 /// The stress selection of the installed-package check at `step`: s01 (the GIL stays
 /// off: step 0) and every component the expectations require on 3.13t from then on.
 pub fn stress_selection(cffi_version: &str, step: u32) -> Result<String> {
-    let rules = stress::load_expectations(cffi_version)?;
+    let rules = expectations::load(cffi_version)?;
     let components = ["unique-cache", "type-realization", "library-registry", "callbacks", "per-thread-state", "misc"];
     let mut parts = vec!["s01_gil_stays_off".to_string()];
     parts.extend(
-        components.iter().filter(|c| stress::must_pass(&rules, step, true, "", c)).map(|c| c.to_string()),
+        components.iter().filter(|c| expectations::must_pass(&rules, step, true, "", c)).map(|c| c.to_string()),
     );
     Ok(parts.join(" or "))
 }

@@ -8,6 +8,7 @@ mod backends;
 mod bench;
 mod cell;
 mod dist;
+mod expectations;
 mod export;
 mod python;
 mod report;

@@ -26,6 +26,7 @@ use clap::Args;
 
 use crate::backends::{self, BackendSpec, Family, PipSource};
 use crate::cell::{self, Plan};
+use crate::expectations::{self, Rule};
 use crate::python::Interpreter;
 use crate::report::{self, Cell, ScenarioTally};
 use crate::util::{self, status, Finished, Step};
@@ -215,95 +216,6 @@ pub fn check_args(args: &StressArgs) -> Result<Option<Vec<String>>> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Expectations
-
-/// What a step is expected to pass, one rule per line, first match wins:
-/// `<step|N+|*> <gil|t|*> <scenario|component|*> <pass|may-fail>`. `N+` matches step N
-/// and every later one, so a component fixed at step N is required from then on.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Rule {
-    steps: StepRange,
-    free_threaded: Option<bool>,
-    selector: String,
-    must_pass: bool,
-}
-
-/// The steps a rule applies to.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum StepRange {
-    Any,
-    Exactly(u32),
-    From(u32),
-}
-
-impl StepRange {
-    fn contains(self, step: u32) -> bool {
-        match self {
-            StepRange::Any => true,
-            StepRange::Exactly(s) => step == s,
-            StepRange::From(s) => step >= s,
-        }
-    }
-}
-
-pub fn parse_expectations(text: &str) -> Result<Vec<Rule>> {
-    let mut rules = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let [step, flavour, selector, expect] = words[..] else {
-            bail!("expectations line {}: want 4 fields, got {:?}", n + 1, line);
-        };
-        let bad_step = || anyhow::anyhow!("expectations line {}: bad step {step:?} (want N, N+ or *)", n + 1);
-        let steps = match step {
-            "*" => StepRange::Any,
-            s => match s.strip_suffix('+') {
-                Some(from) => StepRange::From(from.parse().map_err(|_| bad_step())?),
-                None => StepRange::Exactly(s.parse().map_err(|_| bad_step())?),
-            },
-        };
-        let free_threaded = match flavour {
-            "*" => None,
-            "gil" => Some(false),
-            "t" => Some(true),
-            f => bail!("expectations line {}: flavour {f:?} is not gil, t or *", n + 1),
-        };
-        let must_pass = match expect {
-            "pass" => true,
-            "may-fail" => false,
-            e => bail!("expectations line {}: {e:?} is not pass or may-fail", n + 1),
-        };
-        rules.push(Rule { steps, free_threaded, selector: selector.to_string(), must_pass });
-    }
-    Ok(rules)
-}
-
-/// Whether `scenario` (of `component`) must pass at `step` on this flavour.
-pub fn must_pass(rules: &[Rule], step: u32, free_threaded: bool, scenario: &str, component: &str) -> bool {
-    rules
-        .iter()
-        .find(|r| {
-            r.steps.contains(step)
-                && r.free_threaded.is_none_or(|f| f == free_threaded)
-                && (r.selector == "*" || r.selector == scenario || r.selector == component)
-        })
-        .is_none_or(|r| r.must_pass)
-}
-
-pub fn load_expectations(cffi_version: &str) -> Result<Vec<Rule>> {
-    let path = util::workspace_root()
-        .join("shim-c")
-        .join("patches")
-        .join(cffi_version)
-        .join("stress-expectations");
-    let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    parse_expectations(&text).with_context(|| path.display().to_string())
-}
-
-// ---------------------------------------------------------------------------------------
 
 /// Judges a stress cell: bad only if a scenario that must pass did not pass every run.
 pub fn judge(
@@ -316,7 +228,7 @@ pub fn judge(
         .iter()
         .filter(|(name, t)| {
             (t.failed > 0 || t.crashed > 0 || t.passed < t.runs)
-                && must_pass(rules, step, free_threaded, name, &t.component)
+                && expectations::must_pass(rules, step, free_threaded, name, &t.component)
         })
         .map(|(name, t)| format!("{name} ({} failed, {} crashed of {})", t.failed, t.crashed, t.runs))
         .collect();
@@ -623,7 +535,7 @@ fn compare_columns(plan: &Plan, vanilla: bool, upstream: bool) -> Result<Vec<(Ba
 pub fn run(plan: &Plan, args: &StressArgs) -> Result<bool> {
     let only = check_args(args)?;
     let (with_kit, with_vanilla, with_upstream) = backends::select_families(&args.backends)?;
-    let rules = load_expectations(&plan.upstream.version)?;
+    let rules = expectations::load(&plan.upstream.version)?;
     let compare = compare_columns(plan, with_vanilla, with_upstream)?;
     status(format!(
         "stress: {}; interpreters {}; T={} K={} {}",
@@ -710,12 +622,6 @@ pub fn run(plan: &Plan, args: &StressArgs) -> Result<bool> {
 mod tests {
     use super::*;
 
-    const RULES: &str = "# step flavour selector expect\n\
-                         * gil * pass\n\
-                         1 t unique-cache pass\n\
-                         1 t s05_primitives may-fail   # a comment\n\
-                         * t * may-fail\n";
-
     fn tally(component: &str, passed: u64, failed: u64, crashed: u64) -> ScenarioTally {
         ScenarioTally {
             component: component.into(),
@@ -731,37 +637,8 @@ mod tests {
     }
 
     #[test]
-    fn first_matching_rule_wins_and_unknown_means_pass() {
-        let rules = parse_expectations(RULES).unwrap();
-        assert!(must_pass(&rules, 0, false, "s02", "unique-cache"));
-        assert!(!must_pass(&rules, 0, true, "s02", "unique-cache"));
-        assert!(must_pass(&rules, 1, true, "s02", "unique-cache"));
-        assert!(!must_pass(&rules, 1, true, "s14", "callbacks"));
-        assert!(must_pass(&[], 3, true, "x", "y"), "no rule: must pass");
-    }
-
-    #[test]
-    fn a_step_plus_rule_holds_from_that_step_on() {
-        let rules = parse_expectations("2+ t type-realization pass\n* t * may-fail\n").unwrap();
-        assert!(!must_pass(&rules, 1, true, "s26", "type-realization"));
-        assert!(must_pass(&rules, 2, true, "s26", "type-realization"));
-        assert!(must_pass(&rules, 5, true, "s26", "type-realization"));
-        assert!(!must_pass(&rules, 5, true, "s14", "callbacks"));
-    }
-
-    #[test]
-    fn bad_expectation_lines_are_refused() {
-        assert!(parse_expectations("0 t *").is_err());
-        assert!(parse_expectations("x t * pass").is_err());
-        assert!(parse_expectations("+ t * pass").is_err());
-        assert!(parse_expectations("1++ t * pass").is_err());
-        assert!(parse_expectations("0 nogil * pass").is_err());
-        assert!(parse_expectations("0 t * maybe").is_err());
-    }
-
-    #[test]
     fn judge_flags_only_unexpected_failures() {
-        let rules = parse_expectations(RULES).unwrap();
+        let rules = expectations::parse("* gil * pass\n1 t unique-cache pass\n* t * may-fail\n").unwrap();
         let mut m = BTreeMap::new();
         m.insert("s02".to_string(), tally("unique-cache", 3, 0, 0));
         m.insert("s14".to_string(), tally("callbacks", 0, 1, 2));
@@ -875,7 +752,7 @@ mod tests {
 
     #[test]
     fn an_only_run_merges_into_the_existing_cell() {
-        let rules = parse_expectations("* t unique-cache pass\n* t callbacks may-fail\n").unwrap();
+        let rules = expectations::parse("* t unique-cache pass\n* t callbacks may-fail\n").unwrap();
         let judge = |m: &BTreeMap<String, ScenarioTally>| judge(&rules, 3, true, m);
         let with_run_at = |mut t: ScenarioTally, at| {
             t.run_at = Some(at);
@@ -941,12 +818,5 @@ mod tests {
         let args = |backends: &str| StressArgs { threads: 8, rounds: None, scale: 1.0, repeat: 1, timeout: 120, only: None, backends: backends.into() };
         assert!(check_args(&args("kit,vanilla,upstream")).is_ok());
         assert!(check_args(&args("kit,2.1.1")).unwrap_err().to_string().contains("unknown backend \"2.1.1\""));
-    }
-
-    #[test]
-    fn the_real_expectations_parse() {
-        for version in crate::series::known_versions() {
-            load_expectations(&version).unwrap();
-        }
     }
 }
