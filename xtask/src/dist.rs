@@ -1,4 +1,4 @@
-//! What `sdist`, `wheel` and `export` share: the kit's Rust side for one step as a
+//! What `sdist`, `wheel` and `export` ship: the kit's Rust side for one step as a
 //! minimal cargo workspace (the umbrella `crates/cffi-ft`, the step's component crates,
 //! `shim-c/include` and `shim-c/src`), its dependencies vendored, the licenses of every
 //! bundled crate, and the guards that keep bad input from writing anything.
@@ -12,6 +12,10 @@
 //! a packaged build; without it neither the vendor tarball nor a distribution's
 //! registry needs loom and its dependencies). `Cargo.lock` is the workspace's own,
 //! pruned by cargo to what the minimal workspace uses: the same versions as CI.
+//!
+//! The self-building sdist is assembled here too ([`build_sdist`]): the `sdist`
+//! command's artefact, and what `wheel` builds its wheels from. Checking what was made
+//! is `offline`'s job.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -21,8 +25,9 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use toml_edit::{Array, DocumentMut, Item, Table, Value};
 
-use crate::series::Series;
-use crate::util::{self, Step};
+use crate::series::{self, Series};
+use crate::upstream;
+use crate::util::{self, status, Step};
 
 /// One step of the series, as the distribution commands need it.
 #[derive(Clone, Debug)]
@@ -453,6 +458,113 @@ pub fn scratch_near(near: &Path, prefix: &str) -> Result<util::ScratchDir> {
     util::ScratchDir::new_in(&parent, &format!(".{prefix}"))
 }
 
+// ---------------------------------------------------------------------------------------
+// The self-building sdist (`sdist`; `wheel` builds its wheels from it)
+
+/// `target/cffi-ft/dist/`: the sdists and wheels.
+pub fn dist_dir() -> PathBuf {
+    util::kit_target_dir().join("dist")
+}
+
+/// Builds `target/cffi-ft/dist/cffi-<ver>+ft<N>.tar.gz` (replacing an older one only
+/// once the new one is complete). The git tree must be clean.
+///
+/// The sdist is the pristine cffi sdist with the series up to step N applied, then the
+/// sdist-only series of `shim-c/sdist/<cffi>/` (setup.py builds the staticlib when
+/// CFFI_FT_STATICLIB is not given, and the metadata version gets `+ft<N>`), the hook
+/// `cffi_ft_sdist.py` at the tree root, and `cffi-ft/`: the step's minimal cargo
+/// workspace ([`assemble_kit`]), its crates vendored with the source replacement in
+/// `cffi-ft/.cargo/config.toml`, the C shim, and `sdist.json` (step, features,
+/// rust-version, whether libclang is needed) for the hook.
+///
+/// Why a hook file plus a small patch rather than one bigger patch: the build logic is
+/// plain Python that can be read and tested on its own, and it is the same file for
+/// every step and cffi version; the patch only has to call it (two hunks of setup.py
+/// and MANIFEST.in), and the step-specific facts live in data (`sdist.json`) that xtask
+/// writes. Distribution packagers never see either: their route is `export`.
+pub fn build_sdist(kit: &StepKit) -> Result<PathBuf> {
+    let root = util::workspace_root();
+    ensure_clean_git(&root)?;
+    let (commit, mtime) = head_commit(&root)?;
+    let version = kit.dist_version();
+    let name = format!("cffi-{version}");
+    let out = dist_dir().join(format!("{name}.tar.gz"));
+    status(format!(
+        "sdist: cffi {} + series up to step {} (features: {}) from commit {}",
+        kit.series.cffi_version,
+        kit.step,
+        if kit.features.is_empty() { "none".to_string() } else { kit.features.join(",") },
+        &commit[..12]
+    ));
+    let up = upstream::fetch_sdist(&kit.series.cffi_version)?;
+    let scratch = scratch_near(&out, "sdist")?;
+    let log = util::kit_target_dir().join("logs").join(format!("sdist-step{}.log", kit.step));
+    let _ = fs::remove_file(&log);
+    let tree = scratch.path().join(&name);
+    util::copy_tree(&up.tree, &tree, &[".git", ".cffi-ft-sdist-sha256"])?;
+    series::apply(&tree, &kit.series.up_to(kit.step))?;
+    let sdist_series = sdist_series(&kit.series.cffi_version)?;
+    series::apply(&tree, &sdist_series.patches.iter().collect::<Vec<_>>())?;
+    let hook = util::capture(Command::new("git").args(["show", "HEAD:shim-c/sdist/cffi_ft_sdist.py"]).current_dir(&root))?;
+    fs::write(tree.join("cffi_ft_sdist.py"), hook)?;
+
+    let kit_dir = tree.join("cffi-ft");
+    assemble_kit(kit, &kit_dir)?;
+    status("sdist: cargo vendor (the step's dependencies, for an offline build)");
+    let replacement = vendor(&kit_dir, &log)?;
+    fs::create_dir_all(kit_dir.join(".cargo"))?;
+    fs::write(
+        kit_dir.join(".cargo").join("config.toml"),
+        format!(
+            "# Written by `cargo xtask sdist`: build offline from vendor/ (cargo vendor's lines).\n\
+             {replacement}\n\
+             [env]\n\
+             # the staticlib is linked into an extension module: never link libpython\n\
+             PYO3_BUILD_EXTENSION_MODULE = \"1\"\n"
+        ),
+    )?;
+    let config = serde_json::json!({
+        "cffi_version": kit.series.cffi_version,
+        "step": kit.step,
+        "local_version": format!("+ft{}", kit.step),
+        "features": kit.features,
+        "rust_version": kit.rust_version,
+        "needs_libclang": kit.needs_libclang,
+        "kit_commit": commit,
+    });
+    fs::write(kit_dir.join("sdist.json"), serde_json::to_string_pretty(&config)? + "\n")?;
+    for pkg_info in [tree.join("PKG-INFO"), tree.join("src").join("cffi.egg-info").join("PKG-INFO")] {
+        set_pkg_info_version(&pkg_info, &kit.series.cffi_version, &version)?;
+    }
+    let tmp_out = scratch.path().join("out.tar.gz");
+    tarball(scratch.path(), &name, &tmp_out, mtime, "gzip", &log)?;
+    fs::create_dir_all(dist_dir())?;
+    fs::rename(&tmp_out, &out).with_context(|| format!("cannot write {}", out.display()))?;
+    let size = fs::metadata(&out)?.len();
+    status(format!("sdist: {} ({:.1} MiB)", out.display(), size as f64 / 1048576.0));
+    Ok(out)
+}
+
+/// The sdist-only patches (`shim-c/sdist/<cffi>/series`).
+fn sdist_series(cffi_version: &str) -> Result<Series> {
+    let dir = util::workspace_root().join("shim-c").join("sdist").join(cffi_version);
+    if !dir.join("series").is_file() {
+        bail!("cffi {cffi_version} has no sdist patches (shim-c/sdist/{cffi_version}/series)");
+    }
+    Series::load_dir(cffi_version, &dir)
+}
+
+/// Rewrites the `Version:` line of a PKG-INFO from `from` to `to`.
+fn set_pkg_info_version(path: &Path, from: &str, to: &str) -> Result<()> {
+    let Ok(text) = fs::read_to_string(path) else { return Ok(()) };
+    let old = format!("\nVersion: {from}\n");
+    if !text.contains(&old) {
+        bail!("{}: no `Version: {from}` line", path.display());
+    }
+    fs::write(path, text.replacen(&old, &format!("\nVersion: {to}\n"), 1))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -569,5 +681,23 @@ mod tests {
         assert_eq!(l, "(Apache-2.0 OR MIT) AND Apache-2.0 WITH LLVM-exception");
         let l = spdx_and(["(MIT OR Apache-2.0) AND Unicode-3.0".into(), "ISC".into()]);
         assert_eq!(l, "((MIT OR Apache-2.0) AND Unicode-3.0) AND ISC");
+    }
+
+    #[test]
+    fn pkg_info_gets_the_local_version() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("PKG-INFO");
+        fs::write(&p, "Metadata-Version: 2.1\nName: cffi\nVersion: 1.17.1\nSummary: x\n").unwrap();
+        set_pkg_info_version(&p, "1.17.1", "1.17.1+ft1").unwrap();
+        assert_eq!(fs::read_to_string(&p).unwrap(), "Metadata-Version: 2.1\nName: cffi\nVersion: 1.17.1+ft1\nSummary: x\n");
+        assert!(set_pkg_info_version(&p, "1.17.1", "x").is_err());
+        set_pkg_info_version(&tmp.path().join("missing"), "1.17.1", "x").unwrap();
+    }
+
+    #[test]
+    fn the_sdist_series_parses_and_touches_setup_py() {
+        let s = sdist_series("1.17.1").unwrap();
+        assert_eq!(s.patches.len(), 1);
+        assert_eq!(s.patches[0].touches, ["setup.py", "MANIFEST.in"]);
     }
 }

@@ -30,8 +30,8 @@ use clap::Args;
 
 use crate::dist::{self, CrateInfo, DirectDep, StepKit};
 use crate::expectations;
+use crate::offline;
 use crate::python::{self, Interpreter};
-use crate::sdist;
 use crate::series::{self, Patch};
 use crate::upstream;
 use crate::util::{self, status, Step};
@@ -752,7 +752,7 @@ fn check_export(kit: &StepKit, to: &Path, interp: &Interpreter) -> Result<bool> 
     let _ = fs::remove_file(&log);
     util::ensure_debian_packages(&["quilt"], "the export check's tools", &log)?;
     let up = upstream::fetch_sdist(&kit.series.cffi_version)?;
-    let scratch = sdist::outside_scratch("cffi-ft-export-check")?;
+    let scratch = offline::outside_scratch("cffi-ft-export-check")?;
     let dir = scratch.path();
 
     // 1. Debian's quilt onto a pristine tree, compared with xtask's own application.
@@ -805,12 +805,12 @@ fn check_export(kit: &StepKit, to: &Path, interp: &Interpreter) -> Result<bool> 
     fs::create_dir_all(&work)?;
     fs::copy(upstream_archive(&kit.series.cffi_version)?, work.join(format!("cffi-{}.tar.gz", kit.series.cffi_version)))?;
     fs::write(work.join("route.sh"), &block)?;
-    let python = sdist::fresh_venv(interp, &dir.join("v"), &log)?;
+    let python = offline::fresh_venv(interp, &dir.join("v"), &log)?;
     let cargo_home = dir.join("cargo-home");
     fs::create_dir_all(&cargo_home)?;
     Step {
         label: format!("[{label}] sh route.sh (PACKAGING.md's by-hand block)"),
-        cmd: sdist::offline(Path::new("sh"))
+        cmd: offline::command(Path::new("sh"))
             .arg("route.sh")
             .current_dir(&work)
             .env("EXPORT", to)
@@ -825,18 +825,18 @@ fn check_export(kit: &StepKit, to: &Path, interp: &Interpreter) -> Result<bool> 
         timeout: Some(Duration::from_secs(1800)),
     }
     .run_ok()?;
-    let got = sdist::inspect_installed_as(&python, kit, dir, &kit.series.cffi_version)?;
+    let got = offline::inspect_installed_as(&python, kit, dir, &kit.series.cffi_version)?;
     println!(
         "    by hand [{label}]: cffi {} (metadata {}), __cffi_ft__ steps {:?}, GIL enabled: {}",
         got.cffi_version, got.metadata_version, got.steps, got.gil
     );
-    let mut ok = sdist::run_build_suite(&python, kit, &dir.join("tmp"), &label, &log)?;
+    let mut ok = offline::run_build_suite(&python, kit, &dir.join("tmp"), &label, &log)?;
 
     // 3. The installed-package check, from the kit tarball, against that install.
     let run_stress = work.join(format!("cffi-{}", kit.series.cffi_version)).join(&Names::of(kit).kit).join("tests").join("run-stress");
     let finished = Step {
         label: format!("[{label}] {} (installed-package check)", run_stress.display()),
-        cmd: sdist::offline(Path::new("sh")).arg(&run_stress).env("PYTHON", &python).env_remove("PYTHON_GIL"),
+        cmd: offline::command(Path::new("sh")).arg(&run_stress).env("PYTHON", &python).env_remove("PYTHON_GIL"),
         log: &log,
         timeout: Some(Duration::from_secs(1800)),
     }

@@ -10,6 +10,7 @@ mod cell;
 mod dist;
 mod expectations;
 mod export;
+mod offline;
 mod python;
 mod report;
 mod sdist;

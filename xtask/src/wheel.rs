@@ -1,7 +1,7 @@
 //! `cargo xtask wheel --step N [--python P]...`: wheels built from the step's sdist
-//! (`sdist.rs`), one per interpreter (default: the kit's 3.13 and 3.13t builds, giving
-//! `cp313-cp313` and `cp313-cp313t`, local `linux_x86_64` tags: manylinux no longer
-//! covers 3.13t), into `target/cffi-ft/dist/`.
+//! (`dist::build_sdist`), one per interpreter (default: the kit's 3.13 and 3.13t
+//! builds, giving `cp313-cp313` and `cp313-cp313t`, local `linux_x86_64` tags:
+//! manylinux no longer covers 3.13t), into `target/cffi-ft/dist/`.
 //!
 //! Each wheel is built offline (`pip wheel --no-index --no-build-isolation`, an empty
 //! CARGO_HOME, the network cut) and its `_cffi_backend` checked: dynamically linked
@@ -22,8 +22,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::dist::{self, StepKit};
+use crate::offline;
 use crate::python::{self, Interpreter};
-use crate::sdist;
 use crate::util::{self, status, Step};
 
 #[derive(Args)]
@@ -52,7 +52,7 @@ pub fn run(args: WheelArgs) -> Result<bool> {
         python::probe(p)?;
     }
     let interps = python::resolve(&args.pythons)?;
-    let tarball = sdist::build(&kit)?;
+    let tarball = dist::build_sdist(&kit)?;
     let mut ok = true;
     let mut wheels = Vec::new();
     for interp in &interps {
@@ -80,17 +80,17 @@ fn abi_tag(interp: &Interpreter) -> String {
 fn build_wheel(kit: &StepKit, tarball: &Path, interp: &Interpreter) -> Result<(PathBuf, Vec<String>)> {
     let label = interp.label();
     status(format!("wheel [{label}]: pip wheel {} (offline)", tarball.display()));
-    let scratch = sdist::outside_scratch("cffi-ft-wheel")?;
+    let scratch = offline::outside_scratch("cffi-ft-wheel")?;
     let dir = scratch.path();
     let log = util::kit_target_dir().join("logs").join(format!("wheel-step{}-py{label}.log", kit.step));
     let _ = fs::remove_file(&log);
-    let python = sdist::fresh_venv(interp, &dir.join("v"), &log)?;
+    let python = offline::fresh_venv(interp, &dir.join("v"), &log)?;
     let cargo_home = dir.join("cargo-home");
     fs::create_dir_all(&cargo_home)?;
     let out = dir.join("wheels");
     Step {
         label: format!("[{label}] pip wheel --no-index --no-build-isolation (empty CARGO_HOME)"),
-        cmd: sdist::offline(&python)
+        cmd: offline::command(&python)
             .args(["-m", "pip", "wheel", "-v", "--disable-pip-version-check", "--no-index", "--no-build-isolation", "--no-deps", "-w"])
             .arg(&out)
             .arg(tarball)
@@ -118,8 +118,8 @@ fn build_wheel(kit: &StepKit, tarball: &Path, interp: &Interpreter) -> Result<(P
         .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("_cffi_backend") && n.to_string_lossy().ends_with(".so")))
         .context("the wheel has no _cffi_backend*.so")?;
     let linked = check_linking(&backend).with_context(|| format!("{}", wheel.file_name().unwrap_or_default().to_string_lossy()))?;
-    fs::create_dir_all(sdist::dist_dir())?;
-    let dest = sdist::dist_dir().join(wheel.file_name().context("wheel has no name")?);
+    fs::create_dir_all(dist::dist_dir())?;
+    let dest = dist::dist_dir().join(wheel.file_name().context("wheel has no name")?);
     fs::copy(&wheel, dest.with_extension("whl.tmp"))?;
     fs::rename(dest.with_extension("whl.tmp"), &dest)?;
     Ok((dest, linked))
@@ -162,24 +162,24 @@ fn allowed(lib: &str) -> bool {
 fn check_wheel(kit: &StepKit, wheel: &Path, interp: &Interpreter) -> Result<bool> {
     let label = interp.label();
     status(format!("wheel --check [{label}]: {} into a fresh venv", wheel.display()));
-    let scratch = sdist::outside_scratch("cffi-ft-wheel-check")?;
+    let scratch = offline::outside_scratch("cffi-ft-wheel-check")?;
     let dir = scratch.path();
     let log = util::kit_target_dir().join("logs").join(format!("wheel-check-step{}-py{label}.log", kit.step));
     let _ = fs::remove_file(&log);
-    let python = sdist::fresh_venv(interp, &dir.join("v"), &log)?;
+    let python = offline::fresh_venv(interp, &dir.join("v"), &log)?;
     Step {
         label: format!("[{label}] pip install --no-index {}", wheel.file_name().unwrap_or_default().to_string_lossy()),
-        cmd: sdist::offline(&python).args(["-m", "pip", "install", "--disable-pip-version-check", "--no-index"]).arg(wheel),
+        cmd: offline::command(&python).args(["-m", "pip", "install", "--disable-pip-version-check", "--no-index"]).arg(wheel),
         log: &log,
         timeout: Some(Duration::from_secs(600)),
     }
     .run_ok()?;
-    let got = sdist::inspect_installed(&python, kit, dir)?;
+    let got = offline::inspect_installed(&python, kit, dir)?;
     println!(
         "    installed [{label}]: cffi {} (metadata {}), __cffi_ft__ steps {:?}, GIL enabled: {}",
         got.cffi_version, got.metadata_version, got.steps, got.gil
     );
-    sdist::run_build_suite(&python, kit, &dir.join("tmp"), &label, &log)
+    offline::run_build_suite(&python, kit, &dir.join("tmp"), &label, &log)
 }
 
 #[cfg(test)]
