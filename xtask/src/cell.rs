@@ -65,6 +65,16 @@ pub enum Suite {
     ClientPycares,
 }
 
+/// The files of `compat-tests/` that make the `build` suite ([`Suite::Build`]), in the
+/// order they run: test-upstream's cells and the dist commands' `--check`s run the same.
+pub const BUILD_SUITE_FILES: [&str; 3] = ["test_build.py", "test_unique_cache.py", "test_lib_registry.py"];
+
+/// [`BUILD_SUITE_FILES`] as paths.
+pub fn build_suite_files() -> Vec<PathBuf> {
+    let tests = util::workspace_root().join("compat-tests");
+    BUILD_SUITE_FILES.iter().map(|f| tests.join(f)).collect()
+}
+
 /// Every suite, in the order of the default `--suites`.
 pub const ALL_SUITES: [Suite; 6] = [
     Suite::Upstream,
@@ -315,6 +325,13 @@ mod tests {
     #[test]
     fn the_default_suites_are_all_suites() {
         assert_eq!(DEFAULT_SUITES, ALL_SUITES.map(Suite::name).join(","));
+    }
+
+    #[test]
+    fn the_build_suite_files_exist() {
+        for file in build_suite_files() {
+            assert!(file.is_file(), "{}", file.display());
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+use crate::cell;
 use crate::dist::StepKit;
 use crate::python::Interpreter;
 use crate::util::{self, Step};
@@ -149,18 +150,17 @@ pub fn inspect_installed_as(python: &Path, kit: &StepKit, cwd: &Path, metadata: 
     Ok(got)
 }
 
-/// The kit's build suite (the same files as test-upstream's `build` suite) against the
-/// cffi installed in `python`'s venv, offline. Returns whether it passed.
+/// The kit's build suite (test-upstream's `build` suite: [`cell::BUILD_SUITE_FILES`])
+/// against the cffi installed in `python`'s venv, offline. Returns whether it passed.
 pub fn run_build_suite(python: &Path, kit: &StepKit, tmp: &Path, label: &str, log: &Path) -> Result<bool> {
     let tests = util::workspace_root().join("compat-tests");
     fs::create_dir_all(tmp)?;
+    let names: Vec<&str> = cell::BUILD_SUITE_FILES.iter().map(|f| f.trim_end_matches(".py")).collect();
     let finished = Step {
-        label: format!("[{label}] build suite (test_build, test_unique_cache, test_lib_registry)"),
+        label: format!("[{label}] build suite ({})", names.join(", ")),
         cmd: command(python)
             .args(["-m", "pytest", "-v", "-rfE", "-p", "no:cacheprovider", "--timeout=900"])
-            .arg(tests.join("test_build.py"))
-            .arg(tests.join("test_unique_cache.py"))
-            .arg(tests.join("test_lib_registry.py"))
+            .args(cell::build_suite_files())
             .arg(format!("--rootdir={}", tests.display()))
             .current_dir(tmp)
             .env_remove("PYTHON_GIL")

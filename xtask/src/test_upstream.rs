@@ -131,9 +131,7 @@ pub fn run_suite(plan: &Plan, step: u32, interp: &Interpreter, built: &BuiltCell
         }
         Suite::Build => {
             let tests = util::workspace_root().join("compat-tests");
-            cmd.arg(tests.join("test_build.py"))
-                .arg(tests.join("test_unique_cache.py"))
-                .arg(tests.join("test_lib_registry.py"))
+            cmd.args(cell::build_suite_files())
                 .arg(format!("--rootdir={}", tests.display()))
                 .current_dir(&tmp);
         }
