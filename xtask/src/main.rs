@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::series::Series;
@@ -65,7 +65,7 @@ enum Cmd {
     Series(SeriesArgs),
     /// What CI runs (the README's test command): cargo test --workspace, the loom models,
     /// then the latest step on both interpreters (cffi's suite, build checks, the real
-    /// clients, short stress).
+    /// clients, short stress), then `sdist --step <latest> --check` on 3.13t.
     Ci(CiArgs),
     /// Micro-benchmarks: the kit at each step vs vanilla cffi 1.17.1 and upstream cffi 2.1.1,
     /// on 3.13 and 3.13t, interleaved in one run (ns/op, ratios with intervals and
@@ -375,5 +375,24 @@ fn ci(args: CiArgs) -> Result<bool> {
     util::status("ci: stress suite, short (scale 0.1, one run), latest step, both interpreters");
     let short = stress::StressArgs { threads: 8, rounds: None, scale: 0.1, repeat: 1, timeout: 120, only: None, backends: "kit".into() };
     let stress_ok = stress::run(&plan, &short)?;
-    Ok(upstream_ok && stress_ok)
+    let sdist_ok = ci_sdist_check(&plan)?;
+    Ok(upstream_ok && stress_ok && sdist_ok)
+}
+
+/// ci's last step: `sdist --step <latest> --check` on the plan's free-threaded
+/// interpreters only (the route the sdist exists for), the latest step read from the
+/// series. It needs the tree committed (the sdist is built from HEAD), cargo vendor's
+/// and the wheelhouse's downloads (once), and libclang from step 4 on, which the
+/// umbrella-features step above has installed.
+fn ci_sdist_check(plan: &Plan) -> Result<bool> {
+    let latest = plan.series.latest_step();
+    let pythons: Vec<PathBuf> =
+        plan.interpreters.iter().filter(|i| i.free_threaded).map(|i| i.executable.clone()).collect();
+    if pythons.is_empty() {
+        util::warn(format!("ci: no free-threaded interpreter: sdist --step {latest} --check skipped"));
+        return Ok(true);
+    }
+    util::status(format!("ci: sdist --step {latest} --check (offline install into a fresh venv), free-threaded only"));
+    let args = sdist::SdistArgs { step: latest, cffi_version: plan.series.cffi_version.clone(), check: true, pythons };
+    sdist::run(args).context("ci: sdist --check")
 }
