@@ -806,30 +806,21 @@ fn check_export(kit: &StepKit, to: &Path, interp: &Interpreter) -> Result<bool> 
     fs::copy(upstream_archive(&kit.series.cffi_version)?, work.join(format!("cffi-{}.tar.gz", kit.series.cffi_version)))?;
     fs::write(work.join("route.sh"), &block)?;
     let python = offline::fresh_venv(interp, &dir.join("v"), &log)?;
-    let cargo_home = dir.join("cargo-home");
-    fs::create_dir_all(&cargo_home)?;
+    let cargo_home = offline::empty_cargo_home(dir)?;
     Step {
         label: format!("[{label}] sh route.sh (PACKAGING.md's by-hand block)"),
-        cmd: offline::command(Path::new("sh"))
+        cmd: offline::build_command(Path::new("sh"), &cargo_home)
             .arg("route.sh")
             .current_dir(&work)
             .env("EXPORT", to)
             .env("PYTHON", &python)
-            .env("HOME", dir)
-            .env("CARGO_HOME", &cargo_home)
-            .env_remove("CARGO_TARGET_DIR")
-            .env_remove("RUSTFLAGS")
-            .env_remove("CFFI_FT_STATICLIB")
-            .env_remove("CFFI_FT_SHIM_DIR"),
+            .env("HOME", dir),
         log: &log,
         timeout: Some(Duration::from_secs(1800)),
     }
     .run_ok()?;
     let got = offline::inspect_installed_as(&python, kit, dir, &kit.series.cffi_version)?;
-    println!(
-        "    by hand [{label}]: cffi {} (metadata {}), __cffi_ft__ steps {:?}, GIL enabled: {}",
-        got.cffi_version, got.metadata_version, got.steps, got.gil
-    );
+    println!("    by hand [{label}]: {}", got.summary());
     let mut ok = offline::run_build_suite(&python, kit, &dir.join("tmp"), &label, &log)?;
 
     // 3. The installed-package check, from the kit tarball, against that install.
@@ -841,14 +832,7 @@ fn check_export(kit: &StepKit, to: &Path, interp: &Interpreter) -> Result<bool> 
         timeout: Some(Duration::from_secs(1800)),
     }
     .run()?;
-    let summary = fs::read_to_string(&log)
-        .unwrap_or_default()
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('=') && (l.contains(" passed") || l.contains(" failed")))
-        .unwrap_or("")
-        .trim_matches(|c| c == '=' || c == ' ')
-        .to_string();
+    let summary = offline::pytest_summary(&log);
     println!("    installed-package check [{label}]: {} ({summary})", if finished.success() { "ok" } else { "FAILED" });
     ok &= finished.success();
     Ok(ok)

@@ -65,6 +65,28 @@ pub fn command(program: &Path) -> Command {
     cmd
 }
 
+/// `dir/cargo-home`, created empty: the CARGO_HOME of a build from source, so nothing
+/// of this machine's cargo registry or config helps it.
+pub fn empty_cargo_home(dir: &Path) -> Result<PathBuf> {
+    let cargo_home = dir.join("cargo-home");
+    fs::create_dir_all(&cargo_home)?;
+    Ok(cargo_home)
+}
+
+/// A [`command`] that builds the kit from source as a user's machine would: with
+/// `cargo_home` (see [`empty_cargo_home`]) and without xtask's own cargo settings
+/// (CARGO_TARGET_DIR, RUSTFLAGS) or a prebuilt staticlib (CFFI_FT_STATICLIB,
+/// CFFI_FT_SHIM_DIR).
+pub fn build_command(program: &Path, cargo_home: &Path) -> Command {
+    let mut cmd = command(program);
+    cmd.env("CARGO_HOME", cargo_home)
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CFFI_FT_STATICLIB")
+        .env_remove("CFFI_FT_SHIM_DIR");
+    cmd
+}
+
 /// A scratch directory outside the repository (so no `.cargo/config.toml` of the kit
 /// applies), removed on drop.
 pub fn outside_scratch(prefix: &str) -> Result<util::ScratchDir> {
@@ -105,6 +127,16 @@ pub struct Installed {
     pub backend_version: String,
     pub cffi_version: String,
     pub metadata_version: String,
+}
+
+impl Installed {
+    /// `cffi 1.17.1 (metadata 1.17.1+ft5), __cffi_ft__ steps [0, 1, ...], GIL enabled: false`
+    pub fn summary(&self) -> String {
+        format!(
+            "cffi {} (metadata {}), __cffi_ft__ steps {:?}, GIL enabled: {}",
+            self.cffi_version, self.metadata_version, self.steps, self.gil
+        )
+    }
 }
 
 const INSPECT: &str = r#"
@@ -170,14 +202,48 @@ pub fn run_build_suite(python: &Path, kit: &StepKit, tmp: &Path, label: &str, lo
         timeout: Some(Duration::from_secs(1800)),
     }
     .run()?;
-    let summary = fs::read_to_string(log)
+    println!("    build suite [{label}]: {} ({})", if finished.success() { "ok" } else { "FAILED" }, pytest_summary(log));
+    Ok(finished.success())
+}
+
+/// pytest's last summary line in `log` (`13 passed in 5.98s`), without its `=` rule;
+/// empty when there is none.
+pub fn pytest_summary(log: &Path) -> String {
+    fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
         .rev()
         .find(|l| l.starts_with('=') && (l.contains(" passed") || l.contains(" failed") || l.contains(" error")))
         .unwrap_or("")
         .trim_matches(|c| c == '=' || c == ' ')
-        .to_string();
-    println!("    build suite [{label}]: {} ({summary})", if finished.success() { "ok" } else { "FAILED" });
-    Ok(finished.success())
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_pytest_summary_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("log");
+        fs::write(&log, "==== test session starts ====\nx.py::t PASSED\n===== 2 passed in 0.5s =====\nlater\n== 1 failed, 3 passed in 2.01s ==\n").unwrap();
+        assert_eq!(pytest_summary(&log), "1 failed, 3 passed in 2.01s");
+        fs::write(&log, "== 1 error in 0.1s ==\n").unwrap();
+        assert_eq!(pytest_summary(&log), "1 error in 0.1s");
+        assert_eq!(pytest_summary(&tmp.path().join("missing")), "");
+    }
+
+    #[test]
+    fn the_installed_summary() {
+        let got = Installed {
+            gil: false,
+            free_threaded: true,
+            steps: vec![0, 1],
+            backend_version: "1.17.1".into(),
+            cffi_version: "1.17.1".into(),
+            metadata_version: "1.17.1+ft1".into(),
+        };
+        assert_eq!(got.summary(), "cffi 1.17.1 (metadata 1.17.1+ft1), __cffi_ft__ steps [0, 1], GIL enabled: false");
+    }
 }

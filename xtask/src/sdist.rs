@@ -78,21 +78,15 @@ fn check_sdist(kit: &StepKit, sdist: &Path, interp: &Interpreter) -> Result<bool
     let _ = fs::remove_file(&log);
     let tarball = dir.join(sdist.file_name().context("sdist has no file name")?);
     fs::copy(sdist, &tarball)?;
-    let cargo_home = dir.join("cargo-home");
-    fs::create_dir_all(&cargo_home)?;
+    let cargo_home = offline::empty_cargo_home(dir)?;
     let python = offline::fresh_venv(interp, &dir.join("v"), &log)?;
     let pip = dir.join("v").join("bin").join("pip");
     Step {
         label: format!("[{label}] pip install --no-index --no-build-isolation {} (offline, empty CARGO_HOME)", tarball.file_name().unwrap_or_default().to_string_lossy()),
-        cmd: offline::command(&pip)
+        cmd: offline::build_command(&pip, &cargo_home)
             .args(["install", "-v", "--disable-pip-version-check", "--no-index", "--no-build-isolation"])
             .arg(&tarball)
             .current_dir(dir)
-            .env("CARGO_HOME", &cargo_home)
-            .env_remove("CARGO_TARGET_DIR")
-            .env_remove("RUSTFLAGS")
-            .env_remove("CFFI_FT_STATICLIB")
-            .env_remove("CFFI_FT_SHIM_DIR")
             .env_remove("PYO3_BUILD_EXTENSION_MODULE")
             .env_remove("PYO3_PYTHON"),
         log: &log,
@@ -100,10 +94,7 @@ fn check_sdist(kit: &StepKit, sdist: &Path, interp: &Interpreter) -> Result<bool
     }
     .run_ok()?;
     let got = offline::inspect_installed(&python, kit, dir)?;
-    println!(
-        "    installed [{label}]: cffi {} (metadata {}), __cffi_ft__ steps {:?}, GIL enabled: {}",
-        got.cffi_version, got.metadata_version, got.steps, got.gil
-    );
+    println!("    installed [{label}]: {}", got.summary());
     let ok = offline::run_build_suite(&python, kit, &dir.join("tmp"), &label, &log)?;
     check_toolchain_refusals(kit, &pip, &tarball, dir, &log)?;
     Ok(ok)

@@ -85,21 +85,15 @@ fn build_wheel(kit: &StepKit, tarball: &Path, interp: &Interpreter) -> Result<(P
     let log = util::kit_target_dir().join("logs").join(format!("wheel-step{}-py{label}.log", kit.step));
     let _ = fs::remove_file(&log);
     let python = offline::fresh_venv(interp, &dir.join("v"), &log)?;
-    let cargo_home = dir.join("cargo-home");
-    fs::create_dir_all(&cargo_home)?;
+    let cargo_home = offline::empty_cargo_home(dir)?;
     let out = dir.join("wheels");
     Step {
         label: format!("[{label}] pip wheel --no-index --no-build-isolation (empty CARGO_HOME)"),
-        cmd: offline::command(&python)
+        cmd: offline::build_command(&python, &cargo_home)
             .args(["-m", "pip", "wheel", "-v", "--disable-pip-version-check", "--no-index", "--no-build-isolation", "--no-deps", "-w"])
             .arg(&out)
             .arg(tarball)
-            .current_dir(dir)
-            .env("CARGO_HOME", &cargo_home)
-            .env_remove("CARGO_TARGET_DIR")
-            .env_remove("RUSTFLAGS")
-            .env_remove("CFFI_FT_STATICLIB")
-            .env_remove("CFFI_FT_SHIM_DIR"),
+            .current_dir(dir),
         log: &log,
         timeout: Some(Duration::from_secs(1800)),
     }
@@ -175,10 +169,7 @@ fn check_wheel(kit: &StepKit, wheel: &Path, interp: &Interpreter) -> Result<bool
     }
     .run_ok()?;
     let got = offline::inspect_installed(&python, kit, dir)?;
-    println!(
-        "    installed [{label}]: cffi {} (metadata {}), __cffi_ft__ steps {:?}, GIL enabled: {}",
-        got.cffi_version, got.metadata_version, got.steps, got.gil
-    );
+    println!("    installed [{label}]: {}", got.summary());
     offline::run_build_suite(&python, kit, &dir.join("tmp"), &label, &log)
 }
 
