@@ -159,7 +159,7 @@ pub fn build_staticlib(series: &Series, step: u32, interp: &Interpreter, tree: &
     let target_dir = util::kit_target_dir().join("cargo").join(format!("py{}", interp.label()));
     let features = series.features_up_to(step);
     ensure_feature_build_packages(&features, log)?;
-    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    let mut cmd = Command::new(util::cargo());
     cmd.current_dir(util::workspace_root())
         .args(["build", "--release", "--package", "cffi-ft", "--target-dir"])
         .arg(&target_dir)

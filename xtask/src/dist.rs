@@ -227,6 +227,11 @@ pub fn ensure_clean_git(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The text of `path` (relative to `root`) as committed at HEAD: what travels.
+pub fn committed_file(root: &Path, path: &str) -> Result<String> {
+    util::capture(Command::new("git").arg("show").arg(format!("HEAD:{path}")).current_dir(root))
+}
+
 /// The commit the kit's sources come from, and its time (for reproducible tarballs).
 pub fn head_commit(root: &Path) -> Result<(String, u64)> {
     let text = util::capture(Command::new("git").args(["log", "-1", "--format=%H %ct"]).current_dir(root))?;
@@ -290,7 +295,7 @@ pub fn assemble_kit(kit: &StepKit, dst: &Path) -> Result<Vec<String>> {
     }
     let workspace = minimal_workspace(&read_toml(&root.join("Cargo.toml"))?, &members)?;
     fs::write(dst.join("Cargo.toml"), workspace.to_string())?;
-    let lock = util::capture(Command::new("git").args(["show", "HEAD:Cargo.lock"]).current_dir(&root))?;
+    let lock = committed_file(&root, "Cargo.lock")?;
     fs::write(dst.join("Cargo.lock"), lock)?;
     Ok(members)
 }
@@ -299,10 +304,9 @@ pub fn assemble_kit(kit: &StepKit, dst: &Path) -> Result<Vec<String>> {
 /// Cargo.lock to the crates it uses) into `kit_dir/vendor`; returns the source
 /// replacement it printed, for `.cargo/config.toml`.
 pub fn vendor(kit_dir: &Path, log: &Path) -> Result<String> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let config = kit_dir.join(".vendor-config.toml");
     let out = fs::File::create(&config)?;
-    let mut cmd = Command::new(&cargo);
+    let mut cmd = Command::new(util::cargo());
     cmd.args(["vendor", "--versioned-dirs", "vendor"])
         .current_dir(kit_dir)
         .env_remove("CARGO_TARGET_DIR")
@@ -353,9 +357,8 @@ pub struct DirectDep {
 /// Every package in the kit's resolve with all its features on (the trimmed umbrella has
 /// only the step's): members and vendored crates, sorted by name.
 pub fn crate_metadata(kit_dir: &Path) -> Result<Vec<CrateInfo>> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let text = util::capture(
-        Command::new(&cargo)
+        Command::new(util::cargo())
             .args(["metadata", "--format-version", "1", "--offline", "--locked", "--all-features"])
             .current_dir(kit_dir)
             .env_remove("CARGO_TARGET_DIR"),
@@ -498,14 +501,13 @@ pub fn build_sdist(kit: &StepKit) -> Result<PathBuf> {
     ));
     let up = upstream::fetch_sdist(&kit.series.cffi_version)?;
     let scratch = scratch_near(&out, "sdist")?;
-    let log = util::kit_target_dir().join("logs").join(format!("sdist-step{}.log", kit.step));
-    let _ = fs::remove_file(&log);
+    let log = util::fresh_log(&format!("sdist-step{}.log", kit.step));
     let tree = scratch.path().join(&name);
     util::copy_tree(&up.tree, &tree, &[".git", ".cffi-ft-sdist-sha256"])?;
     series::apply(&tree, &kit.series.up_to(kit.step))?;
     let sdist_series = sdist_series(&kit.series.cffi_version)?;
     series::apply(&tree, &sdist_series.patches.iter().collect::<Vec<_>>())?;
-    let hook = util::capture(Command::new("git").args(["show", "HEAD:shim-c/sdist/cffi_ft_sdist.py"]).current_dir(&root))?;
+    let hook = committed_file(&root, "shim-c/sdist/cffi_ft_sdist.py")?;
     fs::write(tree.join("cffi_ft_sdist.py"), hook)?;
 
     let kit_dir = tree.join("cffi-ft");

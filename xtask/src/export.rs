@@ -103,8 +103,7 @@ fn export(kit: &StepKit, to: &Path) -> Result<PathBuf> {
     let names = Names::of(kit);
     status(format!("export: step {} of cffi {} from commit {} into {}", kit.step, kit.series.cffi_version, &commit[..12], to.display()));
     let scratch = dist::scratch_near(&to, "export")?;
-    let log = util::kit_target_dir().join("logs").join(format!("export-step{}.log", kit.step));
-    let _ = fs::remove_file(&log);
+    let log = util::fresh_log(&format!("export-step{}.log", kit.step));
     let out = scratch.path().join("out");
     fs::create_dir_all(out.join("patches"))?;
     write_dep3_patches(kit, &out.join("patches"), &commit)?;
@@ -213,7 +212,7 @@ fn write_dep3_patches(kit: &StepKit, dir: &Path, commit: &str) -> Result<()> {
         kit.step, kit.series.cffi_version
     );
     for p in &patches {
-        let text = util::capture(Command::new("git").arg("show").arg(format!("HEAD:{}", rel(&root, &p.file)?)).current_dir(&root))?;
+        let text = dist::committed_file(&root, &rel(&root, &p.file)?)?;
         let author = git_field(&root, "%an <%ae>", &["--diff-filter=A", "--reverse"], &p.file)?;
         let updated = git_field(&root, "%cs", &["-1"], &p.file)?;
         let converted = dep3(&text, &author, &updated).with_context(|| p.name.clone())?;
@@ -748,8 +747,7 @@ fn by_hand_block(md: &str) -> Result<String> {
 
 fn check_export(kit: &StepKit, to: &Path, interp: &Interpreter) -> Result<bool> {
     let label = interp.label();
-    let log = util::kit_target_dir().join("logs").join(format!("export-check-step{}.log", kit.step));
-    let _ = fs::remove_file(&log);
+    let log = util::fresh_log(&format!("export-check-step{}.log", kit.step));
     util::ensure_debian_packages(&["quilt"], "the export check's tools", &log)?;
     let up = upstream::fetch_sdist(&kit.series.cffi_version)?;
     let scratch = offline::outside_scratch("cffi-ft-export-check")?;

@@ -326,7 +326,7 @@ fn test_upstream(args: TestArgs) -> Result<bool> {
 const LOOM_CRATES: &[&str] = &["ctype-intern", "realize-once", "lib-registry", "callback-dispatch"];
 
 fn loom() -> Result<bool> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let cargo = util::cargo();
     for krate in LOOM_CRATES {
         util::status(format!("loom: model-checking {krate}"));
         let ok = Command::new(&cargo)
@@ -345,8 +345,7 @@ fn loom() -> Result<bool> {
 
 fn ci(args: CiArgs) -> Result<bool> {
     util::status("ci: cargo test --workspace");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let ok = Command::new(&cargo)
+    let ok = Command::new(util::cargo())
         .current_dir(util::workspace_root())
         .args(["test", "--workspace"])
         .status()?

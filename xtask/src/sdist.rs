@@ -74,8 +74,7 @@ fn check_sdist(kit: &StepKit, sdist: &Path, interp: &Interpreter) -> Result<bool
     status(format!("sdist --check [{label}]: offline install of {} into a fresh venv", sdist.display()));
     let scratch = offline::outside_scratch("cffi-ft-sdist-check")?;
     let dir = scratch.path();
-    let log = util::kit_target_dir().join("logs").join(format!("sdist-check-step{}-py{label}.log", kit.step));
-    let _ = fs::remove_file(&log);
+    let log = util::fresh_log(&format!("sdist-check-step{}-py{label}.log", kit.step));
     let tarball = dir.join(sdist.file_name().context("sdist has no file name")?);
     fs::copy(sdist, &tarball)?;
     let cargo_home = offline::empty_cargo_home(dir)?;

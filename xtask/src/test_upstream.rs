@@ -68,7 +68,7 @@ pub fn test_umbrella_features(plan: &Plan) -> Result<()> {
     fs::create_dir_all(&dir)?;
     let log = dir.join("umbrella-features.log");
     cell::ensure_feature_build_packages(&features, &log)?;
-    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    let mut cmd = Command::new(util::cargo());
     cmd.current_dir(util::workspace_root())
         .args(["test", "--package", "cffi-ft", "--features"])
         .arg(features.join(","))

@@ -30,6 +30,18 @@ pub fn kit_target_dir() -> PathBuf {
     }
 }
 
+/// `target/cffi-ft/logs/<name>`, an older one removed: a log of this run only.
+pub fn fresh_log(name: &str) -> PathBuf {
+    let log = kit_target_dir().join("logs").join(name);
+    let _ = fs::remove_file(&log);
+    log
+}
+
+/// The cargo that runs xtask (`$CARGO`), else `cargo` from PATH.
+pub fn cargo() -> std::ffi::OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
 /// The per-user cache that survives `cargo clean` and fresh clones: interpreter builds,
 /// downloads. `$CFFI_FT_CACHE`, else `$XDG_CACHE_HOME/cffi-ft`, else `~/.cache/cffi-ft`.
 pub fn cache_dir() -> Result<PathBuf> {

@@ -82,8 +82,7 @@ fn build_wheel(kit: &StepKit, tarball: &Path, interp: &Interpreter) -> Result<(P
     status(format!("wheel [{label}]: pip wheel {} (offline)", tarball.display()));
     let scratch = offline::outside_scratch("cffi-ft-wheel")?;
     let dir = scratch.path();
-    let log = util::kit_target_dir().join("logs").join(format!("wheel-step{}-py{label}.log", kit.step));
-    let _ = fs::remove_file(&log);
+    let log = util::fresh_log(&format!("wheel-step{}-py{label}.log", kit.step));
     let python = offline::fresh_venv(interp, &dir.join("v"), &log)?;
     let cargo_home = offline::empty_cargo_home(dir)?;
     let out = dir.join("wheels");
@@ -158,8 +157,7 @@ fn check_wheel(kit: &StepKit, wheel: &Path, interp: &Interpreter) -> Result<bool
     status(format!("wheel --check [{label}]: {} into a fresh venv", wheel.display()));
     let scratch = offline::outside_scratch("cffi-ft-wheel-check")?;
     let dir = scratch.path();
-    let log = util::kit_target_dir().join("logs").join(format!("wheel-check-step{}-py{label}.log", kit.step));
-    let _ = fs::remove_file(&log);
+    let log = util::fresh_log(&format!("wheel-check-step{}-py{label}.log", kit.step));
     let python = offline::fresh_venv(interp, &dir.join("v"), &log)?;
     Step {
         label: format!("[{label}] pip install --no-index {}", wheel.file_name().unwrap_or_default().to_string_lossy()),
