@@ -272,14 +272,7 @@ pub fn ensure_pip_backend(
         fs::write(&setup, patched)?;
     }
     let tag = spec.id();
-    let venv = dir.join("venv");
-    Step {
-        label: format!("[{tag}] venv"),
-        cmd: Command::new(&interp.executable).arg("-m").arg("venv").arg(&venv),
-        log: &log,
-        timeout: Some(Duration::from_secs(300)),
-    }
-    .run_ok()?;
+    interp.create_venv(&dir.join("venv"), &tag, &log)?;
     Step {
         label: format!("[{tag}] pip install {}", want.requirements.join(" ")),
         cmd: Command::new(&python)

@@ -194,15 +194,7 @@ pub fn build_cell(plan: &Plan, step: u32, interp: &Interpreter) -> Result<BuiltC
     let staticlib = dir.join("libcffi_ft.a");
     fs::copy(&built, &staticlib).with_context(|| format!("cargo built no {}", built.display()))?;
 
-    let venv = dir.join("venv");
-    Step {
-        label: format!("[{label}] venv"),
-        cmd: Command::new(&interp.executable).arg("-m").arg("venv").arg(&venv),
-        log: &log,
-        timeout: Some(Duration::from_secs(300)),
-    }
-    .run_ok()?;
-    let python = venv.join("bin").join("python");
+    let python = interp.create_venv(&dir.join("venv"), &label, &log)?;
     let requirements = util::workspace_root().join("compat-tests").join("requirements.txt");
     Step {
         label: format!("[{label}] pip install test requirements"),

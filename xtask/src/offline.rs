@@ -96,14 +96,7 @@ pub fn outside_scratch(prefix: &str) -> Result<util::ScratchDir> {
 /// A fresh venv with the test requirements from the wheelhouse (no index).
 pub fn fresh_venv(interp: &Interpreter, dir: &Path, log: &Path) -> Result<PathBuf> {
     let house = wheelhouse(interp, log)?;
-    Step {
-        label: format!("[{}] venv", interp.label()),
-        cmd: Command::new(&interp.executable).arg("-m").arg("venv").arg(dir),
-        log,
-        timeout: Some(Duration::from_secs(300)),
-    }
-    .run_ok()?;
-    let python = dir.join("bin").join("python");
+    let python = interp.create_venv(dir, &interp.label(), log)?;
     Step {
         label: format!("[{}] pip install setuptools, pycparser, pytest (wheelhouse, no index)", interp.label()),
         cmd: command(&python)

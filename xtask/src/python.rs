@@ -33,6 +33,19 @@ impl Interpreter {
     pub fn label(&self) -> String {
         format!("{}{}", self.version, if self.free_threaded { "t" } else { "" })
     }
+
+    /// `<this python> -m venv dir`, its step labelled `[tag] venv` in `log`; returns the
+    /// venv's python.
+    pub fn create_venv(&self, dir: &Path, tag: &str, log: &Path) -> Result<PathBuf> {
+        Step {
+            label: format!("[{tag}] venv"),
+            cmd: Command::new(&self.executable).arg("-m").arg("venv").arg(dir),
+            log,
+            timeout: Some(std::time::Duration::from_secs(300)),
+        }
+        .run_ok()?;
+        Ok(dir.join("bin").join("python"))
+    }
 }
 
 const PROBE: &str = r#"
