@@ -411,40 +411,24 @@ fn debian_availability(crates: &[CrateInfo], log: &Path) -> Vec<Suite> {
 }
 
 /// `apt-cache policy` against Debian `suite` (main, amd64) through private lists under
-/// the cache (the system's apt setup is not touched), like the interpreter builds'
-/// deb-src entry (python.rs).
+/// the cache (`python::private_apt`, as the interpreter builds' deb-src entry).
 fn private_policy(suite: &str, pkgs: &[String], log: &Path) -> Result<BTreeMap<String, Option<String>>> {
-    let (uri, signed_by) = python::system_debian_archive()?;
     let apt = util::cache_dir()?.join(format!("apt-{suite}"));
-    let parts = apt.join("sources.list.d");
-    fs::create_dir_all(&parts)?;
-    fs::create_dir_all(apt.join("lists").join("partial"))?;
-    fs::create_dir_all(apt.join("cache").join("archives").join("partial"))?;
+    let (_, mut args) = python::private_apt(&apt, &format!("cffi-ft-{suite}.sources"), "deb", suite, "Architectures: amd64\n")?;
+    // binary lists, read by apt-cache: an empty dpkg status and no preferences of the
+    // system's, and no Contents indices
     fs::create_dir_all(apt.join("status.d"))?;
     let status_file = apt.join("status");
     if !status_file.exists() {
         fs::write(&status_file, "")?;
     }
-    let mut entry = format!("Types: deb\nURIs: {uri}\nSuites: {suite}\nComponents: main\nArchitectures: amd64\n");
-    if let Some(key) = signed_by {
-        entry.push_str(&format!("Signed-By: {key}\n"));
-    }
-    util::write_atomic(&parts.join(format!("cffi-ft-{suite}.sources")), entry.as_bytes())?;
-    let opts = [
-        "Dir::Etc::SourceList=/dev/null".to_string(),
-        format!("Dir::Etc::SourceParts={}", parts.display()),
-        format!("Dir::State::Lists={}", apt.join("lists").display()),
+    for o in [
         format!("Dir::State::status={}", status_file.display()),
-        format!("Dir::Cache={}", apt.join("cache").display()),
         "Dir::Etc::Preferences=/dev/null".to_string(),
         "Dir::Etc::PreferencesParts=/dev/null".to_string(),
-        "APT::Sandbox::User=root".to_string(),
         "Acquire::IndexTargets::deb::Contents-deb::DefTarget=false".to_string(),
-    ];
-    let mut args = Vec::new();
-    for o in &opts {
-        args.push("-o".to_string());
-        args.push(o.clone());
+    ] {
+        args.extend(["-o".to_string(), o]);
     }
     let fresh = fs::read_dir(apt.join("lists")).map(|rd| rd.flatten().any(|e| e.file_name().to_string_lossy().contains("Packages"))).unwrap_or(false)
         && fs::metadata(apt.join("lists")).and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().unwrap_or_default() < Duration::from_secs(7 * 86400));

@@ -246,7 +246,7 @@ struct DebianSource {
 }
 
 /// The URI and keyring of this machine's Debian archive entry, from apt's own config.
-pub(crate) fn system_debian_archive() -> Result<(String, Option<String>)> {
+fn system_debian_archive() -> Result<(String, Option<String>)> {
     let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
     if let Ok(entries) = fs::read_dir("/etc/apt/sources.list.d") {
         let mut more: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
@@ -325,32 +325,36 @@ fn find_archive_one_line(text: &str) -> Option<(String, Option<String>)> {
     None
 }
 
-/// `apt-get source --download-only python3.13` from trixie, through a private apt config.
-fn fetch_debian_source() -> Result<DebianSource> {
-    let cache = util::cache_dir()?;
-    let apt = cache.join("apt");
+/// A private apt setup in `apt` (the system's apt configuration is not touched): lists
+/// and a cache of its own, and one sources entry, the file `name` of its
+/// `sources.list.d`, for the system's Debian archive: `Types: {types}`, the archive's
+/// URI, `Suites: {suite}`, `Components: main`, the `extra` fields and the archive's key.
+/// Returns the URI and the `-o` options that point apt-get and apt-cache at the setup.
+pub(crate) fn private_apt(apt: &Path, name: &str, types: &str, suite: &str, extra: &str) -> Result<(String, Vec<String>)> {
     let (uri, signed_by) = system_debian_archive()?;
     let parts = apt.join("sources.list.d");
     fs::create_dir_all(&parts)?;
     fs::create_dir_all(apt.join("lists").join("partial"))?;
     fs::create_dir_all(apt.join("cache").join("archives").join("partial"))?;
-    let mut entry = format!("Types: deb-src\nURIs: {uri}\nSuites: trixie\nComponents: main\n");
+    let mut entry = format!("Types: {types}\nURIs: {uri}\nSuites: {suite}\nComponents: main\n{extra}");
     if let Some(key) = signed_by {
         entry.push_str(&format!("Signed-By: {key}\n"));
     }
-    util::write_atomic(&parts.join("cffi-ft-trixie-src.sources"), entry.as_bytes())?;
-    let apt_opts = [
-        "-o".to_string(),
+    util::write_atomic(&parts.join(name), entry.as_bytes())?;
+    let options = [
         "Dir::Etc::SourceList=/dev/null".to_string(),
-        "-o".to_string(),
         format!("Dir::Etc::SourceParts={}", parts.display()),
-        "-o".to_string(),
         format!("Dir::State::Lists={}", apt.join("lists").display()),
-        "-o".to_string(),
         format!("Dir::Cache={}", apt.join("cache").display()),
-        "-o".to_string(),
         "APT::Sandbox::User=root".to_string(),
     ];
+    Ok((uri, options.into_iter().flat_map(|o| ["-o".to_string(), o]).collect()))
+}
+
+/// `apt-get source --download-only python3.13` from trixie, through a private apt config.
+fn fetch_debian_source() -> Result<DebianSource> {
+    let cache = util::cache_dir()?;
+    let (uri, apt_opts) = private_apt(&cache.join("apt"), "cffi-ft-trixie-src.sources", "deb-src", "trixie", "")?;
     let log = cache.join("logs").join("debian-source.log");
     status(format!("fetching Debian trixie's python3.13 source package (from {uri})"));
     Step {
@@ -487,6 +491,28 @@ fn build(source: &DebianSource, flavour: Flavour) -> Result<Interpreter> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_private_apt_setup_has_one_entry_and_points_apt_at_it() {
+        let Ok((uri, key)) = system_debian_archive() else {
+            eprintln!("no Debian archive in this machine's apt config: nothing to point at");
+            return;
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let apt = tmp.path().join("apt-sid");
+        let (got_uri, opts) = private_apt(&apt, "cffi-ft-sid.sources", "deb", "sid", "Architectures: amd64\n").unwrap();
+        assert_eq!(got_uri, uri);
+        let entry = fs::read_to_string(apt.join("sources.list.d").join("cffi-ft-sid.sources")).unwrap();
+        let mut want = format!("Types: deb\nURIs: {uri}\nSuites: sid\nComponents: main\nArchitectures: amd64\n");
+        if let Some(key) = key {
+            want.push_str(&format!("Signed-By: {key}\n"));
+        }
+        assert_eq!(entry, want);
+        assert!(apt.join("lists").join("partial").is_dir() && apt.join("cache").join("archives").join("partial").is_dir());
+        assert!(opts.len() == 10 && opts.iter().step_by(2).all(|o| o == "-o"), "{opts:?}");
+        assert_eq!(opts[1], "Dir::Etc::SourceList=/dev/null");
+        assert_eq!(opts[3], format!("Dir::Etc::SourceParts={}", apt.join("sources.list.d").display()));
+    }
 
     #[test]
     fn finds_archive_in_deb822_and_skips_security() {
