@@ -45,7 +45,7 @@ pub struct ExportArgs {
     #[arg(long, value_name = "DIR")]
     pub to: PathBuf,
     /// cffi version (must have a patch series in shim-c/patches/).
-    #[arg(long, value_name = "VERSION", default_value = crate::DEFAULT_CFFI)]
+    #[arg(long, value_name = "VERSION", default_value = series::DEFAULT_CFFI)]
     pub cffi_version: String,
     /// Then check it: quilt push -a on a pristine tree, and PACKAGING.md's vendored
     /// route run as written, offline, with the build suite and the stress check.

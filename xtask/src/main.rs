@@ -28,10 +28,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::series::Series;
+use crate::series::{Series, DEFAULT_CFFI};
 use crate::cell::{Plan, Suite};
-
-const DEFAULT_CFFI: &str = "1.17.1";
 
 #[derive(Parser)]
 #[command(

@@ -21,6 +21,7 @@ use clap::Args;
 use crate::dist::{self, StepKit};
 use crate::offline;
 use crate::python::{self, Interpreter};
+use crate::series;
 use crate::util::{self, status, Step};
 
 #[derive(Args)]
@@ -29,7 +30,7 @@ pub struct SdistArgs {
     #[arg(long, value_name = "N")]
     pub step: u32,
     /// cffi version (must have a patch series in shim-c/patches/).
-    #[arg(long, value_name = "VERSION", default_value = crate::DEFAULT_CFFI)]
+    #[arg(long, value_name = "VERSION", default_value = series::DEFAULT_CFFI)]
     pub cffi_version: String,
     /// Then install it offline into a fresh free-threaded venv and run the build suite.
     #[arg(long)]

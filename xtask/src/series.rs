@@ -32,6 +32,9 @@ pub struct Series {
     pub patches: Vec<Patch>,
 }
 
+/// The cffi version every command's `--cffi-version` defaults to.
+pub const DEFAULT_CFFI: &str = "1.17.1";
+
 /// cffi versions the kit has a series for (folders of `shim-c/patches/`).
 pub fn known_versions() -> Vec<String> {
     let mut out: Vec<String> = fs::read_dir(util::workspace_root().join("shim-c").join("patches"))

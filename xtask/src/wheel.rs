@@ -24,6 +24,7 @@ use clap::Args;
 use crate::dist::{self, StepKit};
 use crate::offline;
 use crate::python::{self, Interpreter};
+use crate::series;
 use crate::util::{self, status, Step};
 
 #[derive(Args)]
@@ -32,7 +33,7 @@ pub struct WheelArgs {
     #[arg(long, value_name = "N")]
     pub step: u32,
     /// cffi version (must have a patch series in shim-c/patches/).
-    #[arg(long, value_name = "VERSION", default_value = crate::DEFAULT_CFFI)]
+    #[arg(long, value_name = "VERSION", default_value = series::DEFAULT_CFFI)]
     pub cffi_version: String,
     /// Interpreters to build for (repeatable; default: the kit's 3.13 and 3.13t builds).
     #[arg(long = "python", value_name = "PATH")]
