@@ -4,19 +4,14 @@
 //! `dist::ensure_clean_git` (this test cannot dirty the workspace it runs from).
 
 use std::fs;
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn xtask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).output().expect("xtask runs")
-}
+mod common;
+use common::{assert_one_line_error, xtask};
 
-fn assert_one_line_error(out: &Output, needle: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
-    assert!(lines[0].starts_with("error: "), "{stderr}");
-    assert!(lines[0].contains(needle), "expected {needle:?} in: {stderr}");
+/// The shared refusal check, and nothing printed on stdout as a result.
+fn assert_refused(out: &Output, needle: &str) {
+    assert_one_line_error(out, needle);
     assert!(out.stdout.is_empty(), "nothing printed as a result");
 }
 
@@ -29,7 +24,7 @@ fn an_unknown_step_is_refused_by_every_command() {
         vec!["export", "--step", "99", "--to", "/nonexistent/cffi-ft-export"],
     ] {
         let out = xtask(&args);
-        assert_one_line_error(&out, "--step 99 does not exist for cffi 1.17.1 (steps: 0, 1,");
+        assert_refused(&out, "--step 99 does not exist for cffi 1.17.1 (steps: 0, 1,");
     }
     assert!(!dist.exists());
     assert!(!std::path::Path::new("/nonexistent/cffi-ft-export").exists());
@@ -38,7 +33,7 @@ fn an_unknown_step_is_refused_by_every_command() {
 #[test]
 fn an_unknown_cffi_version_is_refused() {
     let out = xtask(&["sdist", "--step", "1", "--cffi-version", "0.9"]);
-    assert_one_line_error(&out, "unknown cffi version 0.9");
+    assert_refused(&out, "unknown cffi version 0.9");
 }
 
 #[test]
@@ -46,7 +41,7 @@ fn export_into_a_non_empty_directory_is_refused_and_it_is_left_alone() {
     let tmp = tempfile::tempdir().unwrap();
     fs::write(tmp.path().join("keep.txt"), "mine").unwrap();
     let out = xtask(&["export", "--step", "1", "--to", tmp.path().to_str().unwrap()]);
-    assert_one_line_error(&out, "the directory is not empty");
+    assert_refused(&out, "the directory is not empty");
     let names: Vec<_> = fs::read_dir(tmp.path()).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(names, ["keep.txt"]);
     assert_eq!(fs::read_to_string(tmp.path().join("keep.txt")).unwrap(), "mine");
@@ -62,5 +57,5 @@ fn export_to_a_file_is_refused() {
     let file = tmp.path().join("f");
     fs::write(&file, "x").unwrap();
     let out = xtask(&["export", "--step", "1", "--to", file.to_str().unwrap()]);
-    assert_one_line_error(&out, "exists and is not a directory");
+    assert_refused(&out, "exists and is not a directory");
 }
