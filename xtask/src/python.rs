@@ -26,12 +26,21 @@ pub struct Interpreter {
     /// `sys.version_info` as "3.13.5".
     pub version: String,
     pub free_threaded: bool,
+    /// Built with ThreadSanitizer (`--with-thread-sanitizer`): `cargo xtask tsan` only.
+    #[serde(default)]
+    pub tsan: bool,
 }
 
 impl Interpreter {
-    /// "3.13.5" or "3.13.5t": the column name in matrices and a path component.
+    /// "3.13.5", "3.13.5t" or "3.13.5t-tsan": the column name in matrices and a path
+    /// component (cells, cargo target dirs).
     pub fn label(&self) -> String {
-        format!("{}{}", self.version, if self.free_threaded { "t" } else { "" })
+        format!(
+            "{}{}{}",
+            self.version,
+            if self.free_threaded { "t" } else { "" },
+            if self.tsan { "-tsan" } else { "" }
+        )
     }
 
     /// `<this python> -m venv dir`, its step labelled `[tag] venv` in `log`; returns the
@@ -55,6 +64,7 @@ print(json.dumps({
     "free_threaded": bool(sysconfig.get_config_var("Py_GIL_DISABLED")),
     "executable": sys.executable,
     "implementation": sys.implementation.name,
+    "tsan": "--with-thread-sanitizer" in (sysconfig.get_config_var("CONFIG_ARGS") or ""),
 }))
 "#;
 
@@ -64,6 +74,8 @@ struct ProbeOutput {
     free_threaded: bool,
     executable: PathBuf,
     implementation: String,
+    #[serde(default)]
+    tsan: bool,
 }
 
 /// Asks `path` what it is. Fails with one clear line if it is not a usable CPython ≥ 3.13.
@@ -74,6 +86,8 @@ pub fn probe(path: &Path) -> Result<Interpreter> {
     let out = Command::new(path)
         .args(["-I", "-c", PROBE])
         .env_remove("PYTHON_GIL")
+        // a ThreadSanitizer build exits 66 after any report; the probe only asks questions
+        .env("TSAN_OPTIONS", "exitcode=0 report_bugs=0")
         .output()
         .map_err(|e| anyhow::anyhow!("--python {}: cannot run it ({e})", path.display()))?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -105,7 +119,7 @@ pub fn probe(path: &Path) -> Result<Interpreter> {
             p.version
         ));
     }
-    Ok(Interpreter { executable: p.executable, version: p.version, free_threaded: p.free_threaded })
+    Ok(Interpreter { executable: p.executable, version: p.version, free_threaded: p.free_threaded, tsan: p.tsan })
 }
 
 fn major_minor(version: &str) -> Result<(u32, u32)> {
@@ -137,11 +151,16 @@ pub fn resolve(given: &[PathBuf]) -> Result<Vec<Interpreter>> {
 // ---------------------------------------------------------------------------------------
 // Default builds from Debian's source package
 
-/// The two flavours built by default.
+/// The flavours the kit builds: the two default ones, and on request (`python --tsan`)
+/// a free-threaded build with ThreadSanitizer for `cargo xtask tsan`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flavour {
     Gil,
     FreeThreaded,
+    /// `--disable-gil --with-thread-sanitizer`, built with clang, like CPython's own TSan
+    /// CI job: a static interpreter (the TSan runtime lives in the executable, and
+    /// extensions built with it get `-fsanitize=thread` from sysconfig's flags).
+    FreeThreadedTsan,
 }
 
 impl Flavour {
@@ -149,25 +168,48 @@ impl Flavour {
         match self {
             Flavour::Gil => "gil",
             Flavour::FreeThreaded => "t",
+            Flavour::FreeThreadedTsan => "t-tsan",
         }
     }
 
+    fn from_suffix(suffix: &str) -> Option<Flavour> {
+        [Flavour::Gil, Flavour::FreeThreaded, Flavour::FreeThreadedTsan]
+            .into_iter()
+            .find(|f| f.dir_suffix() == suffix)
+    }
+
+    fn free_threaded(self) -> bool {
+        self != Flavour::Gil
+    }
+
     fn configure_args(self, prefix: &Path) -> Vec<String> {
-        let mut args = vec![
-            format!("--prefix={}", prefix.display()),
-            "--enable-shared".to_string(),
-            format!("LDFLAGS=-Wl,-rpath,{}", prefix.join("lib").display()),
-            "--with-ensurepip=install".to_string(),
-        ];
-        if self == Flavour::FreeThreaded {
+        let mut args = vec![format!("--prefix={}", prefix.display())];
+        if self == Flavour::FreeThreadedTsan {
+            args.extend(["CC=clang", "CXX=clang++", "--with-thread-sanitizer"].map(String::from));
+        } else {
+            args.push("--enable-shared".to_string());
+            args.push(format!("LDFLAGS=-Wl,-rpath,{}", prefix.join("lib").display()));
+        }
+        args.push("--with-ensurepip=install".to_string());
+        if self.free_threaded() {
             args.push("--disable-gil".to_string());
         }
         args
     }
 
+    /// Debian packages this flavour's build needs besides [`BUILD_DEPS`].
+    fn extra_build_deps(self) -> &'static [&'static str] {
+        match self {
+            // llvm provides llvm-symbolizer, which TSan reports need for function names
+            // (libclang-rt-dev: the TSan runtime itself)
+            Flavour::FreeThreadedTsan => &["clang", "libclang-rt-dev", "llvm"],
+            _ => &[],
+        }
+    }
+
     fn executable(self, prefix: &Path, version: &str) -> PathBuf {
         let mm = version.splitn(3, '.').take(2).collect::<Vec<_>>().join(".");
-        let t = if self == Flavour::FreeThreaded { "t" } else { "" };
+        let t = if self.free_threaded() { "t" } else { "" };
         prefix.join("bin").join(format!("python{mm}{t}"))
     }
 }
@@ -196,10 +238,13 @@ fn cached_builds() -> Result<Vec<(Flavour, Interpreter)>> {
         let prefix = entry.path();
         let Ok(text) = fs::read_to_string(prefix.join(STAMP)) else { continue };
         let Ok(stamp) = serde_json::from_str::<BuildStamp>(&text) else { continue };
-        let flavour = if stamp.flavour == "t" { Flavour::FreeThreaded } else { Flavour::Gil };
+        let Some(flavour) = Flavour::from_suffix(&stamp.flavour) else { continue };
         let exe = flavour.executable(&prefix, &stamp.version);
         match probe(&exe) {
-            Ok(interp) if interp.free_threaded == (flavour == Flavour::FreeThreaded) => {
+            Ok(interp)
+                if interp.free_threaded == flavour.free_threaded()
+                    && interp.tsan == (flavour == Flavour::FreeThreadedTsan) =>
+            {
                 found.push((flavour, interp))
             }
             _ => util::warn(format!("ignoring broken cached build {}", prefix.display())),
@@ -236,6 +281,46 @@ pub fn ensure_default_builds() -> Result<Vec<Interpreter>> {
         }
     }
     Ok(out)
+}
+
+/// The free-threaded ThreadSanitizer build (`cargo xtask python --tsan`), built when
+/// missing; never part of the default pair.
+pub fn ensure_tsan_build() -> Result<Interpreter> {
+    let cached = cached_builds()?;
+    if let Some((_, interp)) = cached.iter().find(|(f, _)| *f == Flavour::FreeThreadedTsan) {
+        status(format!("TSan interpreter: CPython {} (cached in {})", interp.label(), python_root()?.display()));
+        return Ok(interp.clone());
+    }
+    let source = fetch_debian_source()?;
+    build(&source, Flavour::FreeThreadedTsan)
+}
+
+/// Where TSan's symbolizer is (Debian's `llvm` puts it in /usr/bin, versioned ones in
+/// /usr/lib/llvm-N/bin).
+pub fn llvm_symbolizer() -> Option<PathBuf> {
+    let mut candidates = vec![PathBuf::from("/usr/bin/llvm-symbolizer")];
+    if let Ok(entries) = fs::read_dir("/usr/lib") {
+        let mut versioned: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("llvm-")))
+            .map(|p| p.join("bin").join("llvm-symbolizer"))
+            .collect();
+        versioned.sort();
+        candidates.extend(versioned.into_iter().rev());
+    }
+    candidates.into_iter().find(|p| p.exists())
+}
+
+/// The source tree of the cached CPython build (its `Tools/tsan/` has the interpreter's
+/// own suppressions).
+pub fn cpython_source_tree(version: &str) -> Result<PathBuf> {
+    let tree = util::cache_dir()?.join("src").join(format!("Python-{version}"));
+    if tree.join("configure").exists() {
+        Ok(tree)
+    } else {
+        Ok(fetch_debian_source()?.tree)
+    }
 }
 
 /// An unpacked CPython source tree from Debian's source package.
@@ -431,12 +516,17 @@ fn build(source: &DebianSource, flavour: Flavour) -> Result<Interpreter> {
     let prefix = python_root()?.join(&name);
     let build_dir = cache.join("build").join(&name);
     let log = cache.join("logs").join(format!("python-{name}.log"));
-    util::ensure_debian_packages(BUILD_DEPS, "build dependencies", &log)?;
+    let deps: Vec<&str> = BUILD_DEPS.iter().chain(flavour.extra_build_deps()).copied().collect();
+    util::ensure_debian_packages(&deps, "build dependencies", &log)?;
     let _ = fs::remove_file(&log);
     util::remove_dir_if_exists(&prefix)?;
     util::remove_dir_if_exists(&build_dir)?;
     fs::create_dir_all(&build_dir)?;
-    let t = if flavour == Flavour::FreeThreaded { "t" } else { "" };
+    let t = match flavour {
+        Flavour::Gil => "",
+        Flavour::FreeThreaded => "t",
+        Flavour::FreeThreadedTsan => "t (ThreadSanitizer)",
+    };
     status(format!(
         "building CPython {}{t} from Debian {} into {} (several minutes; log: {})",
         source.version,
@@ -446,7 +536,7 @@ fn build(source: &DebianSource, flavour: Flavour) -> Result<Interpreter> {
     ));
     let args = flavour.configure_args(&prefix);
     let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    let steps: [(&str, Command); 3] = [
+    let mut steps: [(&str, Command); 3] = [
         ("configure", {
             let mut c = Command::new(source.tree.join("configure"));
             c.args(&args);
@@ -463,6 +553,15 @@ fn build(source: &DebianSource, flavour: Flavour) -> Result<Interpreter> {
             c
         }),
     ];
+    if flavour == Flavour::FreeThreadedTsan {
+        // the build runs the new interpreter (ensurepip, sysconfig): CPython's own races
+        // there are not ours, and must not fail the build
+        let supp = source.tree.join("Tools").join("tsan").join("suppressions_free_threading.txt");
+        let opts = format!("suppressions={} exitcode=0 halt_on_error=0", supp.display());
+        for (_, cmd) in steps.iter_mut() {
+            cmd.env("TSAN_OPTIONS", &opts);
+        }
+    }
     for (what, mut cmd) in steps {
         Step {
             label: format!("CPython {}{t}: {what}", source.version),
@@ -474,7 +573,7 @@ fn build(source: &DebianSource, flavour: Flavour) -> Result<Interpreter> {
     }
     let exe = flavour.executable(&prefix, &source.version);
     let interp = probe(&exe)?;
-    if interp.free_threaded != (flavour == Flavour::FreeThreaded) {
+    if interp.free_threaded != flavour.free_threaded() {
         bail!("{} built with the wrong flavour (Py_GIL_DISABLED mismatch)", exe.display());
     }
     let stamp = BuildStamp {
@@ -542,6 +641,14 @@ mod tests {
         assert_eq!(Flavour::Gil.executable(p, "3.13.5"), p.join("bin/python3.13"));
         assert!(Flavour::FreeThreaded.configure_args(p).contains(&"--disable-gil".to_string()));
         assert!(!Flavour::Gil.configure_args(p).contains(&"--disable-gil".to_string()));
+        let tsan = Flavour::FreeThreadedTsan.configure_args(p);
+        for arg in ["--disable-gil", "--with-thread-sanitizer", "CC=clang"] {
+            assert!(tsan.contains(&arg.to_string()), "{arg} missing from {tsan:?}");
+        }
+        assert_eq!(Flavour::FreeThreadedTsan.executable(p, "3.13.5"), p.join("bin/python3.13t"));
+        for f in [Flavour::Gil, Flavour::FreeThreaded, Flavour::FreeThreadedTsan] {
+            assert_eq!(Flavour::from_suffix(f.dir_suffix()), Some(f));
+        }
     }
 
     #[test]

@@ -178,7 +178,7 @@ mod tests {
 
     #[test]
     fn tags_of_both_builds() {
-        let i = |ft| Interpreter { executable: "/x".into(), version: "3.13.5".into(), free_threaded: ft };
+        let i = |ft| Interpreter { executable: "/x".into(), version: "3.13.5".into(), free_threaded: ft, tsan: false };
         assert_eq!(abi_tag(&i(true)), "cp313-cp313t");
         assert_eq!(abi_tag(&i(false)), "cp313-cp313");
     }
