@@ -32,6 +32,8 @@ pub struct Plan {
     pub jobs: usize,
     pub pytest_args: Vec<String>,
     pub suite_timeout: Duration,
+    /// Added to the environment of every suite run (`cargo xtask tsan`: TSAN_OPTIONS).
+    pub env: Vec<(String, String)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,6 +171,10 @@ pub fn build_staticlib(series: &Series, step: u32, interp: &Interpreter, tree: &
         // cargo passes these to build scripts of the xtask itself; keep them out
         .env_remove("CARGO_TARGET_DIR")
         .env_remove("RUSTFLAGS");
+    if interp.tsan {
+        // the kit's locks tell ThreadSanitizer what they order (crates/tsan-sync)
+        cmd.env("RUSTFLAGS", "--cfg cffi_ft_tsan");
+    }
     if !features.is_empty() {
         cmd.arg("--features").arg(features.join(","));
     }
@@ -289,6 +295,7 @@ pub fn failed_cell(step: u32, interp: &Interpreter, suite: &str, parallel_thread
         run_at: util::unix_now(),
         scenarios: None,
         backend: None,
+        tsan: None,
     }
 }
 

@@ -128,6 +128,23 @@ fn component_crates(umbrella: &DocumentMut, features: &[String]) -> Result<Vec<S
         let dir = path.strip_prefix("../").with_context(|| format!("crates/cffi-ft: dependency {name} is not a sibling crate"))?;
         out.push(dir.to_string());
     }
+    // and the sibling crates those depend on (tsan-sync), after them
+    let mut i = 0;
+    while i < out.len() {
+        let manifest = read_toml(&util::workspace_root().join("crates").join(&out[i]).join("Cargo.toml"))?;
+        if let Some(deps) = manifest.get("dependencies").and_then(Item::as_table_like) {
+            for (name, spec) in deps.iter() {
+                let Some(path) = spec.as_table_like().and_then(|t| t.get("path")).and_then(Item::as_str) else { continue };
+                let dir = path
+                    .strip_prefix("../")
+                    .with_context(|| format!("crates/{}: dependency {name} is not a sibling crate", out[i]))?;
+                if !out.iter().any(|c| c == dir) {
+                    out.push(dir.to_string());
+                }
+            }
+        }
+        i += 1;
+    }
     Ok(out)
 }
 
@@ -579,13 +596,13 @@ mod tests {
     fn step_one_needs_ctype_intern_only_and_step_four_needs_bindgen() {
         let one = resolve_step("1.17.1", 1).unwrap();
         assert_eq!(one.features, ["ctype-intern"]);
-        assert_eq!(one.crates, ["ctype-intern"]);
+        assert_eq!(one.crates, ["ctype-intern", "tsan-sync"], "ctype-intern's own sibling dependency comes along");
         assert!(!one.needs_libclang);
         assert_eq!(one.dist_version(), "1.17.1+ft1");
         let zero = resolve_step("1.17.1", 0).unwrap();
         assert!(zero.crates.is_empty() && zero.features.is_empty());
         let four = resolve_step("1.17.1", 4).unwrap();
-        assert_eq!(four.crates, ["ctype-intern", "realize-once", "lib-registry", "callback-dispatch"]);
+        assert_eq!(four.crates, ["ctype-intern", "realize-once", "lib-registry", "callback-dispatch", "tsan-sync"]);
         assert!(four.needs_libclang);
     }
 

@@ -81,5 +81,8 @@ pub(crate) use loom::sync::{
 #[cfg(not(loom))]
 pub(crate) use std::sync::{
     atomic::{AtomicPtr, Ordering},
-    Arc, Mutex,
+    Arc,
 };
+// std's Mutex, annotated for ThreadSanitizer in the kit's TSan builds (tsan-sync)
+#[cfg(not(loom))]
+pub(crate) use tsan_sync::Mutex;

@@ -55,16 +55,23 @@ impl PyMutexRaw {
 // unlock; `try_lock` is its own fast path with Acquire ordering.
 unsafe impl RawLock for PyMutexRaw {
     fn try_lock(&self) -> bool {
-        self.0.compare_exchange(0, PY_LOCKED, Ordering::Acquire, Ordering::Relaxed).is_ok()
+        let taken = self.0.compare_exchange(0, PY_LOCKED, Ordering::Acquire, Ordering::Relaxed).is_ok();
+        if taken {
+            // this CAS is invisible to ThreadSanitizer (TSan builds of the kit)
+            tsan_sync::acquired(self);
+        }
+        taken
     }
 
     fn lock(&self) {
         // SAFETY: a valid PyMutex (see as_py_mutex). Called detached: PyMutex_Lock then
         // parks without a thread state to detach, which CPython supports.
         unsafe { ffi::PyMutex_Lock(self.as_py_mutex()) }
+        tsan_sync::acquired(self);
     }
 
     unsafe fn unlock(&self) {
+        tsan_sync::releasing(self);
         // SAFETY: a valid PyMutex, held by this thread (caller contract).
         unsafe { ffi::PyMutex_Unlock(self.as_py_mutex()) }
     }

@@ -58,8 +58,9 @@ use rustc_hash::FxHasher;
 
 #[cfg(loom)]
 pub(crate) use loom::sync::RwLock;
+// std's RwLock, annotated for ThreadSanitizer in the kit's TSan builds (tsan-sync)
 #[cfg(not(loom))]
-pub(crate) use std::sync::RwLock;
+pub(crate) use tsan_sync::RwLock;
 
 /// A weak reference to a value: it can be upgraded to a strong one while the value is
 /// alive. Dropping the handle releases it.
