@@ -23,6 +23,36 @@ extern "C" {
 #  define CFFI_FT_PRIVATE
 #endif
 
+/* ThreadSanitizer (cargo xtask tsan). The staticlib is not instrumented (stable Rust
+   has no TSan), so the synchronisation it does is invisible to TSan: an object built
+   by C code on one thread and handed to another through Rust would show as a race.
+   Under TSan the header therefore annotates the happens-before edges at the seam, and
+   nowhere else: CFFI_FT_TSAN_RELEASE(p) before C hands what it wrote to Rust for
+   publication, CFFI_FT_TSAN_ACQUIRE(p) after Rust hands it back on another thread.
+   With CFFI_FT_TSAN_SEAMS=off in the environment at import the annotations do nothing
+   (the check that removing them makes reports appear). Other builds: no code. */
+#if defined(__SANITIZE_THREAD__)
+#  define CFFI_FT_TSAN 1
+#elif defined(__has_feature)
+#  if __has_feature(thread_sanitizer)
+#    define CFFI_FT_TSAN 1
+#  endif
+#endif
+
+#ifdef CFFI_FT_TSAN
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+/* 1 unless CFFI_FT_TSAN_SEAMS=off (read once, in cffi_ft_shim_backend_init). */
+CFFI_FT_PRIVATE extern int cffi_ft_tsan_seams;
+#  define CFFI_FT_TSAN_ACQUIRE(p) \
+    (cffi_ft_tsan_seams ? __tsan_acquire((void *)(p)) : (void)0)
+#  define CFFI_FT_TSAN_RELEASE(p) \
+    (cffi_ft_tsan_seams ? __tsan_release((void *)(p)) : (void)0)
+#else
+#  define CFFI_FT_TSAN_ACQUIRE(p) ((void)0)
+#  define CFFI_FT_TSAN_RELEASE(p) ((void)0)
+#endif
+
 /* Step 0, from PyInit__cffi_backend: ABI check between the backend and the staticlib,
    GIL-free declaration on free-threaded builds, and _cffi_backend.__cffi_ft__. */
 CFFI_FT_PRIVATE int cffi_ft_shim_backend_init(PyObject *module, const char *cffi_version);
@@ -74,6 +104,8 @@ CFFI_FT_PRIVATE int cffi_ft_realize_unlock(void);
 
 static inline int cffi_ft_lazy_is_done(const uintptr_t *state)
 {
+    /* Under TSan this load (instrumented) pairs with the CFFI_FT_TSAN_RELEASE(state)
+       that cffi_ft_tsan_lazy_force() does before Rust stores DONE. */
     return __atomic_load_n(state, __ATOMIC_ACQUIRE) == CFFI_FT_LAZY_DONE;
 }
 
@@ -198,6 +230,141 @@ CFFI_FT_PRIVATE void cffi_ft_xpy_release(void *old_binding);
    staticlib's (bindgen over parse_c_type.h), else -1 with ImportError. */
 CFFI_FT_PRIVATE int cffi_ft_xpy_check_layout(size_t size, size_t reserved1_offset,
                                              size_t reserved2_offset);
+
+
+#ifdef CFFI_FT_TSAN
+/* The seams, annotated (see CFFI_FT_TSAN above). Static inline, so that a step only
+   instantiates the wrappers of the kit functions its patches call; the macros below
+   send the patched backend's calls through them. The sync objects are the addresses
+   the two sides share: the ctype, the once-state word, the closure block, the
+   extern "Python" struct, and one shim word for the realization lock (whose fast path
+   is a CAS in Rust that TSan cannot see). */
+CFFI_FT_PRIVATE extern char cffi_ft_tsan_realize_lock_sync;   /* in the shim */
+
+static inline PyObject *cffi_ft_tsan_unique_lookup(const void *const *key, size_t nwords)
+{
+    PyObject *found = cffi_ft_unique_lookup(key, nwords);
+    if (found != NULL)
+        CFFI_FT_TSAN_ACQUIRE(found);
+    return found;
+}
+
+static inline PyObject *cffi_ft_tsan_unique_intern(const void *const *key, size_t nwords,
+                                                   PyObject *candidate, void **entry_slot)
+{
+    PyObject *canonical;
+    CFFI_FT_TSAN_RELEASE(candidate);
+    canonical = cffi_ft_unique_intern(key, nwords, candidate, entry_slot);
+    if (canonical != NULL)
+        CFFI_FT_TSAN_ACQUIRE(canonical);
+    return canonical;
+}
+
+static inline int cffi_ft_tsan_realize_lock(void)
+{
+    int rc = cffi_ft_realize_lock();
+    if (rc == 0)
+        CFFI_FT_TSAN_ACQUIRE(&cffi_ft_tsan_realize_lock_sync);
+    return rc;
+}
+
+static inline int cffi_ft_tsan_realize_unlock(void)
+{
+    CFFI_FT_TSAN_RELEASE(&cffi_ft_tsan_realize_lock_sync);
+    return cffi_ft_realize_unlock();
+}
+
+struct cffi_ft_tsan_build {
+    int (*build)(void *ctx);
+    void *ctx;
+    uintptr_t *state;
+};
+
+/* Runs under the realization lock, taken inside Rust. */
+static inline int cffi_ft_tsan_build_annotated(void *p)
+{
+    struct cffi_ft_tsan_build *b = (struct cffi_ft_tsan_build *)p;
+    int rc;
+    CFFI_FT_TSAN_ACQUIRE(&cffi_ft_tsan_realize_lock_sync);
+    rc = b->build(b->ctx);
+    if (rc == 0)
+        CFFI_FT_TSAN_RELEASE(b->state);   /* before Rust publishes DONE */
+    CFFI_FT_TSAN_RELEASE(&cffi_ft_tsan_realize_lock_sync);
+    return rc;
+}
+
+static inline int cffi_ft_tsan_lazy_force(uintptr_t *state, int (*build)(void *ctx),
+                                          void *ctx)
+{
+    struct cffi_ft_tsan_build b = { build, ctx, state };
+    int rc = cffi_ft_lazy_force(state, cffi_ft_tsan_build_annotated, &b);
+    if (rc == 1)
+        CFFI_FT_TSAN_ACQUIRE(state);      /* completed here, or by the builder */
+    return rc;
+}
+
+static inline int cffi_ft_tsan_lazy_complete_eagerly(uintptr_t *state)
+{
+    CFFI_FT_TSAN_RELEASE(state);
+    return cffi_ft_lazy_complete_eagerly(state);
+}
+
+static inline void *cffi_ft_tsan_closure_alloc(void)
+{
+    void *block = cffi_ft_closure_alloc();
+    if (block != NULL)
+        CFFI_FT_TSAN_ACQUIRE(block);
+    return block;
+}
+
+/* kill() runs inside the call, on this thread: the release covers its writes. The
+   block waits in a quarantine of 1024 frees before another thread can get it. */
+static inline int cffi_ft_tsan_closure_free(void *block, void (*kill)(void *block))
+{
+    int rc = cffi_ft_closure_free(block, kill);
+    CFFI_FT_TSAN_RELEASE(block);
+    return rc;
+}
+
+struct cffi_ft_tsan_invoke {
+    void (*invoke)(PyObject *infotuple, void *ctx);
+    void *ctx;
+    struct _cffi_externpy_s *xp;
+};
+
+static inline void cffi_ft_tsan_invoke_annotated(PyObject *infotuple, void *p)
+{
+    struct cffi_ft_tsan_invoke *i = (struct cffi_ft_tsan_invoke *)p;
+    CFFI_FT_TSAN_ACQUIRE(i->xp);          /* the binder's writes, through Rust */
+    i->invoke(infotuple, i->ctx);
+}
+
+static inline int cffi_ft_tsan_xpy_call(struct _cffi_externpy_s *xp, PyObject *interp_key,
+                                        void (*invoke)(PyObject *infotuple, void *ctx),
+                                        void *ctx)
+{
+    struct cffi_ft_tsan_invoke i = { invoke, ctx, xp };
+    return cffi_ft_xpy_call(xp, interp_key, cffi_ft_tsan_invoke_annotated, &i);
+}
+
+static inline void *cffi_ft_tsan_xpy_bind(struct _cffi_externpy_s *xp, PyObject *interp_key,
+                                          PyObject *infotuple)
+{
+    CFFI_FT_TSAN_RELEASE(xp);
+    return cffi_ft_xpy_bind(xp, interp_key, infotuple);
+}
+
+#  define cffi_ft_unique_lookup cffi_ft_tsan_unique_lookup
+#  define cffi_ft_unique_intern cffi_ft_tsan_unique_intern
+#  define cffi_ft_realize_lock cffi_ft_tsan_realize_lock
+#  define cffi_ft_realize_unlock cffi_ft_tsan_realize_unlock
+#  define cffi_ft_lazy_force cffi_ft_tsan_lazy_force
+#  define cffi_ft_lazy_complete_eagerly cffi_ft_tsan_lazy_complete_eagerly
+#  define cffi_ft_closure_alloc cffi_ft_tsan_closure_alloc
+#  define cffi_ft_closure_free cffi_ft_tsan_closure_free
+#  define cffi_ft_xpy_call cffi_ft_tsan_xpy_call
+#  define cffi_ft_xpy_bind cffi_ft_tsan_xpy_bind
+#endif /* CFFI_FT_TSAN */
 
 #ifdef __cplusplus
 }
