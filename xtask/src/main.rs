@@ -17,6 +17,7 @@ mod sdist;
 mod series;
 mod stress;
 mod test_upstream;
+mod tsan;
 mod upstream;
 mod util;
 mod wheel;
@@ -65,6 +66,11 @@ enum Cmd {
     /// then the latest step on both interpreters (cffi's suite, build checks, the real
     /// clients, short stress), then `sdist --step <latest> --check` on 3.13t.
     Ci(CiArgs),
+    /// ThreadSanitizer for the C side: each step on the TSan interpreter (`python --tsan`),
+    /// cffi's suite under pytest-run-parallel (thread_unsafe tests skipped) and the stress
+    /// suite at a reduced scale; reports deduplicated and attributed to a component and
+    /// hazard, with layered suppressions (CPython's, the series' tsan-suppressions).
+    Tsan(TsanCmd),
     /// Micro-benchmarks: the kit at each step vs vanilla cffi 1.17.1 and upstream cffi 2.1.1,
     /// on 3.13 and 3.13t, interleaved in one run (ns/op, ratios with intervals and
     /// verdicts, 2-thread scaling).
@@ -89,6 +95,10 @@ struct PythonArgs {
     /// Use this interpreter instead of building (repeatable; e.g. Fedora's python3.13t).
     #[arg(long = "python", value_name = "PATH")]
     pythons: Vec<PathBuf>,
+    /// Build (or show the cached) free-threaded CPython with ThreadSanitizer
+    /// (3.13.5-t-tsan, clang) that `cargo xtask tsan` uses; not built otherwise.
+    #[arg(long, conflicts_with = "pythons")]
+    tsan: bool,
 }
 
 #[derive(Args)]
@@ -174,6 +184,14 @@ struct StressCmd {
 }
 
 #[derive(Args)]
+struct TsanCmd {
+    #[command(flatten)]
+    source: SourceArgs,
+    #[command(flatten)]
+    tsan: tsan::TsanArgs,
+}
+
+#[derive(Args)]
 struct SeriesArgs {
     /// cffi version (must have a patch series in shim-c/patches/).
     #[arg(long, value_name = "VERSION", default_value = DEFAULT_CFFI)]
@@ -216,7 +234,8 @@ fn main() -> ExitCode {
 fn run(cmd: Cmd) -> Result<bool> {
     match cmd {
         Cmd::Python(args) => {
-            for interp in python::resolve(&args.pythons)? {
+            let interps = if args.tsan { vec![python::ensure_tsan_build()?] } else { python::resolve(&args.pythons)? };
+            for interp in interps {
                 println!(
                     "{}\t{}\t{}",
                     interp.label(),
@@ -227,6 +246,18 @@ fn run(cmd: Cmd) -> Result<bool> {
             Ok(true)
         }
         Cmd::FetchUpstream(args) => fetch_upstream(args),
+        Cmd::Tsan(cmd) => {
+            let version = match &cmd.source.checkout {
+                Some(path) => upstream::checkout_version(path)?,
+                None => cmd.source.cffi_version.clone(),
+            };
+            let series = Series::load(&version)?;
+            // refuse bad options before building an interpreter
+            let steps = tsan::check_args(&cmd.tsan, &series)?;
+            let interp = tsan::interpreter(&cmd.tsan)?;
+            let upstream = cmd.source.resolve()?;
+            tsan::run(series, upstream, steps, interp, &cmd.tsan)
+        }
         Cmd::TestUpstream(args) => test_upstream(args),
         Cmd::Series(args) => {
             let series = Series::load(&args.cffi_version)?;
@@ -312,6 +343,7 @@ fn plan_from(args: &TestArgs) -> Result<Plan> {
         jobs,
         pytest_args: args.pytest_args.clone(),
         suite_timeout: Duration::from_secs(args.suite_timeout_min.max(1) * 60),
+        env: Vec::new(),
     })
 }
 

@@ -50,6 +50,49 @@ pub struct Cell {
     /// never bad (the exit status follows the kit's cells only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
+    /// Suite `tsan` only: what ThreadSanitizer saw at this step (`cargo xtask tsan`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tsan: Option<TsanFindings>,
+}
+
+/// What ThreadSanitizer reported in one `tsan` cell: cffi's suite under
+/// pytest-run-parallel and the stress suite at a reduced scale, on the TSan interpreter.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct TsanFindings {
+    /// Distinct unsuppressed reports per component ("unique-cache", …; "unattributed":
+    /// cffi's or the kit's code but no hazard; "interpreter": no cffi or kit frame).
+    pub races: BTreeMap<String, u64>,
+    /// The distinct reports, most frequent first.
+    pub reports: Vec<TsanReport>,
+    /// Every suppression that matched, with its layer and reason.
+    pub suppressions_used: Vec<TsanSuppressionUse>,
+    /// What the instrumented runs themselves did, one line each ("upstream: 812 passed …").
+    pub runs: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TsanReport {
+    /// "data race: get_unique_type (_cffi_backend.c:4712) | ctypedescr_dealloc (…)": the
+    /// report's kind and the top cffi/kit frame of each access stack.
+    pub signature: String,
+    pub hazard: Option<String>,
+    pub component: String,
+    /// Reports with this signature, over every process of both runs.
+    pub count: u64,
+    /// Which runs saw it: "upstream", "stress".
+    pub seen_in: Vec<String>,
+    /// The first such report, as TSan printed it (shortened).
+    pub example: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TsanSuppressionUse {
+    pub suppression: String,
+    /// "cpython" or "kit".
+    pub layer: String,
+    pub hazard: Option<String>,
+    pub reason: String,
+    pub matches: u64,
 }
 
 /// One scenario's tallies over K runs (as written by the suite's --stress-json).
@@ -106,6 +149,9 @@ impl Cell {
     }
 
     fn text(&self) -> String {
+        if let Some(t) = &self.tsan {
+            return tsan_text(self, t);
+        }
         let gil = match self.gil_enabled_after {
             Some(true) => "GIL on",
             Some(false) => "GIL off",
@@ -182,10 +228,103 @@ pub fn merge_and_write(cffi_version: &str, cells: &[Cell]) -> Result<Report> {
         report.cffi_version,
         report.kit_version,
         render_matrix(&report.cells),
-        render_scenarios(&report.cells)
-    );
+        render_scenarios(&report.cells),
+    ) + &render_tsan(&report.cells);
     util::write_atomic(&md_path, md.as_bytes())?;
     Ok(report)
+}
+
+/// A `tsan` cell in the matrix: distinct unsuppressed reports per component.
+fn tsan_text(cell: &Cell, t: &TsanFindings) -> String {
+    let mut parts: Vec<String> = t.races.iter().filter(|(_, n)| **n > 0).map(|(c, n)| format!("{c} {n}")).collect();
+    if parts.is_empty() {
+        parts.push("no report".into());
+    }
+    let suppressed: u64 = t.suppressions_used.iter().map(|s| s.matches).sum();
+    let mut s = format!("{} · suppressed {suppressed}", parts.join(" · "));
+    if cell.outcome != "ok" && cell.outcome != "failed" {
+        s = format!("**{}** · {s}", cell.outcome.to_uppercase());
+    }
+    if cell.is_bad() {
+        s.push_str(" ✗");
+    }
+    s
+}
+
+/// Per-step TSan table: rows are steps, columns components; then each step's distinct
+/// reports and the suppressions that matched.
+pub fn render_tsan(cells: &[Cell]) -> String {
+    let mut cols: Vec<&Cell> = cells.iter().filter(|c| c.tsan.is_some()).collect();
+    if cols.is_empty() {
+        return String::new();
+    }
+    cols.sort_by_key(|c| c.key());
+    let mut components: Vec<String> = Vec::new();
+    for c in &cols {
+        for k in c.tsan.as_ref().into_iter().flat_map(|t| t.races.keys()) {
+            if !components.contains(k) {
+                components.push(k.clone());
+            }
+        }
+    }
+    components.sort();
+    let mut out = String::from(
+        "## ThreadSanitizer (`cargo xtask tsan`): distinct unsuppressed reports per component\n\n| step |",
+    );
+    for comp in &components {
+        let _ = write!(out, " {comp} |");
+    }
+    out.push_str(" suppressed (matches) | outcome |\n|---|");
+    out.push_str(&"---|".repeat(components.len() + 2));
+    out.push('\n');
+    for c in &cols {
+        let t = c.tsan.as_ref().expect("filtered");
+        let row = if c.suite == "tsan" { c.step.to_string() } else { format!("{} ({})", c.step, c.suite) };
+        let _ = write!(out, "| {row} |");
+        for comp in &components {
+            let _ = write!(out, " {} |", t.races.get(comp).copied().unwrap_or(0));
+        }
+        let suppressed: u64 = t.suppressions_used.iter().map(|s| s.matches).sum();
+        let _ = writeln!(out, " {suppressed} | {} |", c.outcome);
+    }
+    for c in &cols {
+        let t = c.tsan.as_ref().expect("filtered");
+        let _ = writeln!(out, "\n### step {}{}\n", c.step, if c.suite == "tsan" { String::new() } else { format!(" ({})", c.suite) });
+        for run in &t.runs {
+            let _ = writeln!(out, "- {run}");
+        }
+        if let Some(d) = &c.detail {
+            let _ = writeln!(out, "- verdict: {d}");
+        }
+        if !t.reports.is_empty() {
+            out.push_str("\n| component | hazard | × | signature |\n|---|---|---|---|\n");
+            for r in &t.reports {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | `{}` |",
+                    r.component,
+                    r.hazard.as_deref().unwrap_or("—"),
+                    r.count,
+                    r.signature.replace('|', "\\|")
+                );
+            }
+        }
+        if !t.suppressions_used.is_empty() {
+            out.push_str("\n| suppression | layer | hazard | matches | reason |\n|---|---|---|---|---|\n");
+            for s in &t.suppressions_used {
+                let _ = writeln!(
+                    out,
+                    "| `{}` | {} | {} | {} | {} |",
+                    s.suppression,
+                    s.layer,
+                    s.hazard.as_deref().unwrap_or("—"),
+                    s.matches,
+                    s.reason.replace('|', "\\|")
+                );
+            }
+        }
+    }
+    out
 }
 
 /// Markdown tables: one per (suite, parallel threads); rows are steps, columns are
@@ -383,6 +522,7 @@ mod tests {
             run_at: 0,
             scenarios: None,
             backend: None,
+            tsan: None,
         }
     }
 

@@ -22,6 +22,9 @@ pub struct Patch {
     pub step: u32,
     pub kind: String,
     pub cargo_feature: Option<String>,
+    /// Hazard IDs of the inventory the patch fixes (its `Hazards:` line, up to a
+    /// parenthesised remark): "A1", "F14".
+    pub hazards: Vec<String>,
     /// Files the patch touches (from its `+++ b/...` lines).
     pub touches: Vec<String>,
 }
@@ -119,6 +122,11 @@ impl Series {
         out
     }
 
+    /// The first step whose patches fix `hazard` (their `Hazards:` lines), if any.
+    pub fn fixing_step(&self, hazard: &str) -> Option<u32> {
+        self.patches.iter().filter(|p| p.hazards.iter().any(|h| h == hazard)).map(|p| p.step).min()
+    }
+
     /// Parses a `--steps` value ("0,1", "latest", "all") against the series.
     pub fn select_steps(&self, spec: Option<&str>) -> Result<Vec<u32>> {
         let all = self.steps();
@@ -160,6 +168,7 @@ fn parse_patch(file: &Path) -> Result<Patch> {
     let mut step = None;
     let mut kind = String::new();
     let mut cargo_feature = None;
+    let mut hazards = Vec::new();
     for line in text.lines() {
         if line == "---" {
             break;
@@ -177,6 +186,7 @@ fn parse_patch(file: &Path) -> Result<Patch> {
                 })?)
             }
             "Kind" => kind = value.to_string(),
+            "Hazards" => hazards = hazard_ids(value),
             "Cargo-Feature" if !value.is_empty() && value != "none" => {
                 cargo_feature = Some(value.to_string())
             }
@@ -189,7 +199,28 @@ fn parse_patch(file: &Path) -> Result<Patch> {
         .filter_map(|l| l.strip_prefix("+++ b/"))
         .map(|l| l.split('\t').next().unwrap_or(l).trim().to_string())
         .collect();
-    Ok(Patch { file: file.to_path_buf(), name, subject, step, kind, cargo_feature, touches })
+    Ok(Patch { file: file.to_path_buf(), name, subject, step, kind, cargo_feature, hazards, touches })
+}
+
+/// The hazard IDs of a `Hazards:` value: "B3 B4 B5" → B3, B4, B5; a parenthesised
+/// remark ends the list ("F5 F14 (and C3 C5 of step 4)" → F5, F14); "none" → nothing.
+fn hazard_ids(value: &str) -> Vec<String> {
+    value
+        .split('(')
+        .next()
+        .unwrap_or("")
+        .split([' ', ','])
+        .filter(|t| is_hazard_id(t))
+        .map(str::to_string)
+        .collect()
+}
+
+/// "A1".."F14": a letter A-F and a number.
+pub fn is_hazard_id(token: &str) -> bool {
+    let mut chars = token.chars();
+    matches!(chars.next(), Some('A'..='F'))
+        && !chars.as_str().is_empty()
+        && chars.as_str().bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Applies `patches` to `tree` with GNU patch, strictly (no fuzz, no rejects files).
@@ -253,6 +284,26 @@ mod tests {
 
     const P0: &str = "Subject: add a line\nStep: 0\nKind: test\n---\n--- a/f.txt\n+++ b/f.txt\n@@ -1,2 +1,3 @@\n one\n+inserted\n two\n";
     const P1: &str = "Subject: change two\nStep: 1\nKind: backend\nCargo-Feature: demo-feature\nDescription:\n long: text\n---\n--- a/f.txt\n+++ b/f.txt\n@@ -2,2 +2,2 @@\n inserted\n-two\n+TWO\n";
+
+    #[test]
+    fn hazard_lines_stop_at_a_remark() {
+        assert_eq!(hazard_ids("B3 B4 B5"), ["B3", "B4", "B5"]);
+        assert_eq!(hazard_ids("F5 F14 (and C3 C5 of step 4)"), ["F5", "F14"]);
+        assert_eq!(hazard_ids("C8 (start-up spin lock)"), ["C8"]);
+        assert!(hazard_ids("none (build plumbing)").is_empty());
+        assert!(!is_hazard_id("G1") && !is_hazard_id("A") && !is_hazard_id("A1x"));
+    }
+
+    #[test]
+    fn the_real_series_says_which_step_fixes_a_hazard() {
+        let s = Series::load(DEFAULT_CFFI).unwrap();
+        assert_eq!(s.fixing_step("A5"), Some(1));
+        assert_eq!(s.fixing_step("D6"), Some(2));
+        assert_eq!(s.fixing_step("B4"), Some(3));
+        assert_eq!(s.fixing_step("C1"), Some(4));
+        assert_eq!(s.fixing_step("F8"), Some(5));
+        assert_eq!(s.fixing_step("Z1"), None);
+    }
 
     #[test]
     fn parses_steps_features_and_selection() {

@@ -25,7 +25,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::backends::{self, BackendSpec, Family, PipSource};
-use crate::cell::{self, Plan};
+use crate::cell::{self, BuiltCell, Plan};
 use crate::expectations::{self, Rule};
 use crate::python::Interpreter;
 use crate::report::{self, Cell, ScenarioTally};
@@ -412,6 +412,7 @@ fn stress_cell(
         run_at: run.run_at,
         scenarios: None,
         backend,
+        tsan: None,
     };
     set_counts(&mut cell, &run.scenarios);
     cell.scenarios = Some(run.scenarios);
@@ -440,6 +441,24 @@ fn run_cell(
     };
     let run = run_suite(&target, args, only)?;
     Ok(stress_cell(run, step, interp, args.threads, None, |m| judge(rules, step, interp.free_threaded, m)))
+}
+
+/// How an unjudged run of the stress suite in a built cell went (`cargo xtask tsan`).
+pub struct PlainRun {
+    pub scenarios: BTreeMap<String, ScenarioTally>,
+    /// "exit code 0", "killed by SIGSEGV", …
+    pub ended: String,
+    pub duration_s: u64,
+}
+
+/// The stress suite in `built` with `env` added (each scenario's child inherits it),
+/// outputs in `dir`; not judged. `args.only` selects scenarios as for `stress --only`.
+pub fn run_plain(built: &BuiltCell, dir: &Path, label: String, env: Vec<(String, String)>, args: &StressArgs) -> Result<PlainRun> {
+    fs::create_dir_all(dir)?;
+    let only = check_args(args)?;
+    let target = SuiteTarget { python: &built.python, dir, label, env };
+    let run = run_suite(&target, args, only.as_deref())?;
+    Ok(PlainRun { scenarios: run.scenarios, ended: run.finished.describe(), duration_s: run.duration_s })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -743,6 +762,7 @@ mod tests {
             run_at: 0,
             scenarios: None,
             backend: None,
+            tsan: None,
         };
         let map: BTreeMap<String, ScenarioTally> = scenarios.iter().map(|(n, t)| (n.to_string(), t.clone())).collect();
         set_counts(&mut cell, &map);

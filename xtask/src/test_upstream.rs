@@ -148,6 +148,9 @@ pub fn run_suite(plan: &Plan, step: u32, interp: &Interpreter, built: &BuiltCell
         .env("CFFI_FT_GIL_STATE_FILE", &gil_file)
         .env("CFFI_FT_EXPECT_STEP", step.to_string())
         .env("TMPDIR", &tmp);
+    for (k, v) in &plan.env {
+        cmd.env(k, v);
+    }
 
     let started = Instant::now();
     let finished = Step {
@@ -190,6 +193,7 @@ pub fn run_suite(plan: &Plan, step: u32, interp: &Interpreter, built: &BuiltCell
         run_at: util::unix_now(),
         scenarios: None,
         backend: None,
+        tsan: None,
     })
 }
 

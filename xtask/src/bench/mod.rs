@@ -294,6 +294,7 @@ pub fn run(args: BenchArgs) -> Result<bool> {
         jobs: 1,
         pytest_args: Vec::new(),
         suite_timeout: Duration::from_secs(3600),
+        env: Vec::new(),
     };
 
     // What to build, in column order.
