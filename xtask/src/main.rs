@@ -16,6 +16,8 @@ mod report;
 mod sdist;
 mod series;
 mod stress;
+mod stress_suite;
+mod suite_run;
 mod test_upstream;
 mod tsan;
 mod upstream;

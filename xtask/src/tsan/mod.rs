@@ -32,8 +32,8 @@ use crate::cell::{self, Plan, Suite};
 use crate::python::{self, Interpreter};
 use crate::report::{self, Cell, TsanFindings, TsanReport, TsanSuppressionUse};
 use crate::series::Series;
-use crate::stress::{self, StressArgs};
-use crate::test_upstream;
+use crate::stress_suite::{self, StressArgs};
+use crate::suite_run;
 use crate::upstream::Upstream;
 use crate::util::{self, status};
 use attribute::{Attribution, INTERPRETER};
@@ -87,8 +87,9 @@ impl TsanArgs {
             rounds: None,
             scale: self.scale,
             repeat: self.repeat,
-            // TSan costs 5-15x: a scenario gets 10 minutes
-            timeout: 600,
+            // TSan costs 5-15x: a scenario gets 5 minutes (at step 5 the 44 take 9.5 min
+            // together; a scenario that hangs at an early step costs the whole timeout)
+            timeout: 300,
             only: self.only.clone(),
             backends: "kit".into(),
         }
@@ -151,7 +152,7 @@ pub fn check_args(args: &TsanArgs, series: &Series) -> Result<Vec<u32>> {
     if args.repeat == 0 {
         bail!("--repeat must be at least 1");
     }
-    stress::check_args(&args.stress_args())?;
+    stress_suite::check_args(&args.stress_args())?;
     let attribution = Attribution::load(&series_file(series, "tsan-attribution"))?;
     kit_suppressions(series, &attribution)?;
     series.select_steps(args.steps.as_deref())
@@ -281,7 +282,7 @@ pub fn run(series: Series, upstream: Upstream, steps: Vec<u32>, interp: Interpre
             let line = match run {
                 Run::Upstream => {
                     plan.env = env;
-                    let c = test_upstream::run_suite(&plan, step, &interp, &built, Suite::Upstream)?;
+                    let c = suite_run::run_suite(&plan, step, &interp, &built, Suite::Upstream)?;
                     format!(
                         "upstream (pytest-run-parallel × {}, thread_unsafe skipped): {} passed / {} failed / {} errors / {} skipped · {} · {} s",
                         args.parallel_threads, c.passed, c.failed, c.errors, c.skipped, c.outcome, c.duration_s
@@ -290,7 +291,7 @@ pub fn run(series: Series, upstream: Upstream, steps: Vec<u32>, interp: Interpre
                 Run::Stress => {
                     let stress_args = args.stress_args();
                     let label = format!("[{}] step {step}", interp.label());
-                    let r = stress::run_plain(&built, &dir, label, env, &stress_args)?;
+                    let r = stress_suite::run_plain(&built, &dir, label, env, &stress_args)?;
                     let clean = r.scenarios.values().filter(|t| t.runs > 0 && t.passed == t.runs).count();
                     format!(
                         "stress (scale {}, K={}{}): {clean} of {} scenarios passed every run · {} · {} s",
