@@ -11,7 +11,9 @@
 //! `--cfg cffi_ft_tsan` (the kit's TSan cells set it), each one tells TSan what it does:
 //! after the lock is taken, `__tsan_acquire(lock)`; before it is released,
 //! `__tsan_release(lock)`, the address of the lock being TSan's synchronisation object.
-//! The runtime that defines those two functions is the TSan interpreter's own. Built
+//! The runtime that defines those two functions is the TSan interpreter's own. With
+//! `CFFI_FT_TSAN_SEAMS=off` in the environment the annotations do nothing, like the C
+//! shim's (`cargo xtask tsan --seams off` shows what TSan reports without them). Built
 //! without the cfg, the types *are* std's (`pub use`): no code, no cost.
 //!
 //! ## Concurrency contract
@@ -53,15 +55,25 @@ mod annotated {
         fn __tsan_release(addr: *mut c_void);
     }
 
+    /// False with CFFI_FT_TSAN_SEAMS=off (read once).
+    fn enabled() -> bool {
+        static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ENABLED.get_or_init(|| std::env::var_os("CFFI_FT_TSAN_SEAMS").is_none_or(|v| v != "off"))
+    }
+
     pub(crate) fn acquire<T: ?Sized>(lock: &T) {
-        // SAFETY: the TSan runtime only records the address as a synchronisation object;
-        // it never dereferences it.
-        unsafe { __tsan_acquire(lock as *const T as *const c_void as *mut c_void) }
+        if enabled() {
+            // SAFETY: the TSan runtime only records the address as a synchronisation
+            // object; it never dereferences it.
+            unsafe { __tsan_acquire(lock as *const T as *const c_void as *mut c_void) }
+        }
     }
 
     pub(crate) fn release<T: ?Sized>(lock: &T) {
-        // SAFETY: as in `acquire`.
-        unsafe { __tsan_release(lock as *const T as *const c_void as *mut c_void) }
+        if enabled() {
+            // SAFETY: as in `acquire`.
+            unsafe { __tsan_release(lock as *const T as *const c_void as *mut c_void) }
+        }
     }
 
     /// Maps std's result for a guard into ours, annotating the acquisition either way.
