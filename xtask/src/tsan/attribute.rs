@@ -87,35 +87,35 @@ impl Attribution {
     }
 
     /// The entry for `function`; `inner` are the functions it called on the way to the
-    /// access (CPython's inline helpers, e.g. `Py_SET_REFCNT`): an entry
-    /// `caller>callee` is more specific than `caller` and wins.
-    fn lookup(&self, function: &str, inner: &[&str]) -> Option<&Target> {
+    /// access (CPython's inline helpers, e.g. `Py_SET_REFCNT`). `specific`: only
+    /// `caller>callee` entries, which name the access more precisely than `caller`.
+    fn lookup(&self, function: &str, inner: &[&str], specific: bool) -> Option<&Target> {
         let name_matches = |pattern: &str, name: &str| match pattern.strip_suffix('*') {
             Some(prefix) => name.starts_with(prefix),
             None => name == pattern,
         };
-        let specific = self.entries.iter().find_map(|(pattern, target)| {
-            let (caller, callee) = pattern.split_once('>')?;
-            (name_matches(caller, function) && inner.iter().any(|f| name_matches(callee, f))).then_some(target)
-        });
-        specific.or_else(|| {
-            self.entries
-                .iter()
-                .find_map(|(pattern, target)| (!pattern.contains('>') && name_matches(pattern, function)).then_some(target))
+        self.entries.iter().find_map(|(pattern, target)| {
+            let hit = match pattern.split_once('>') {
+                Some((caller, callee)) => {
+                    specific && name_matches(caller, function) && inner.iter().any(|f| name_matches(callee, f))
+                }
+                None => !specific && name_matches(pattern, function),
+            };
+            hit.then_some(target)
         })
     }
 
     /// Whether `function` is named by the table (so, cffi's or the kit's).
     pub fn names(&self, function: &str) -> bool {
-        self.lookup(function, &[]).is_some()
+        self.lookup(function, &[], false).is_some()
     }
 
     /// The entry of the first frame of `frames` (innermost first) that has one, with
     /// the frames above it as its `inner`.
-    fn first_entry(&self, frames: &[Frame]) -> Option<&Target> {
+    fn first_entry(&self, frames: &[Frame], specific: bool) -> Option<&Target> {
         frames.iter().enumerate().filter(|(_, f)| is_ours(f)).find_map(|(i, f)| {
             let inner: Vec<&str> = frames[..i].iter().map(|f| f.function.as_str()).collect();
-            self.lookup(&f.function, &inner)
+            self.lookup(&f.function, &inner, specific)
         })
     }
 
@@ -134,7 +134,10 @@ impl Attribution {
         if !is_our_report(report) {
             return Verdict { signature, hazard: None, component: INTERPRETER.into() };
         }
-        let found = report.accesses.iter().take(2).find_map(|s| self.first_entry(&s.frames));
+        // a `caller>callee` entry in either access first, then the plain ones
+        let found = [true, false]
+            .into_iter()
+            .find_map(|specific| report.accesses.iter().take(2).find_map(|s| self.first_entry(&s.frames, specific)));
         let (hazard, component) = match found {
             Some(Target::Hazard(h)) => (Some(h.clone()), component_of_hazard(h).unwrap_or(UNATTRIBUTED).to_string()),
             Some(Target::Component(c)) => (None, c.to_string()),
@@ -225,8 +228,9 @@ mod tests {
             frame("ctypedescr_dealloc", "/t/src/c/_cffi_backend.c:464:9"),
         ];
         assert!(!is_ours(&through_header[0]), "CPython's inline helpers are not cffi's code");
-        assert_eq!(table.first_entry(&through_header), Some(&Target::Hazard("A3".into())));
-        assert_eq!(table.first_entry(&through_header[1..]), Some(&Target::Hazard("A9".into())));
+        assert_eq!(table.first_entry(&through_header, true), Some(&Target::Hazard("A3".into())));
+        assert_eq!(table.first_entry(&through_header[1..], true), None);
+        assert_eq!(table.first_entry(&through_header[1..], false), Some(&Target::Hazard("A9".into())));
     }
 
     #[test]

@@ -36,7 +36,7 @@ use crate::stress_suite::{self, StressArgs};
 use crate::suite_run;
 use crate::upstream::Upstream;
 use crate::util::{self, status};
-use attribute::{Attribution, INTERPRETER};
+use attribute::{Attribution, INTERPRETER, UNATTRIBUTED};
 
 #[derive(Args)]
 pub struct TsanArgs {
@@ -431,8 +431,9 @@ fn shorten(text: &str, max_lines: usize) -> String {
 }
 
 /// None if the step is clean for what it claims; else what is wrong, in one line. A
-/// report fails the step if it is in cffi's or the kit's code and either its hazard is
-/// fixed at this step or before, or it has no hazard (a kit component, or unattributed).
+/// report fails the step if it is in cffi's or the kit's code and its hazard is fixed at
+/// this step or before (a hazard no patch names: at every step), or it is the kit's own
+/// code, or it is unattributed at the last step.
 /// Reports of hazards that later steps fix are expected; the interpreter's own are shown
 /// but do not count (CPython's file suppresses what CPython knows).
 fn judge(series: &Series, step: u32, findings: &TsanFindings) -> Option<String> {
@@ -442,6 +443,10 @@ fn judge(series: &Series, step: u32, findings: &TsanFindings) -> Option<String> 
         .filter(|r| r.component != INTERPRETER)
         .filter(|r| match &r.hazard {
             Some(h) => series.fixing_step(h).is_none_or(|fixed| fixed <= step),
+            // a finding the inventory lacks: before the last step, an unfixed hazard can
+            // corrupt memory and make reports anywhere; the last step claims everything
+            None if r.component == UNATTRIBUTED => step >= series.latest_step(),
+            // the kit's own code (it exists only from the step that brings it)
             None => true,
         })
         .collect();
@@ -460,7 +465,6 @@ fn judge(series: &Series, step: u32, findings: &TsanFindings) -> Option<String> 
 
 #[cfg(test)]
 mod tests {
-    use super::attribute::UNATTRIBUTED;
     use super::*;
 
     fn report(component: &str, hazard: Option<&str>) -> TsanReport {
@@ -484,7 +488,10 @@ mod tests {
         assert!(judge(&series, 5, &f8).unwrap().contains("[misc F8]"));
         // the interpreter's own never count; unattributed and kit reports always do
         assert!(judge(&series, 5, &findings(vec![report(INTERPRETER, None)])).is_none());
-        assert!(judge(&series, 0, &findings(vec![report(UNATTRIBUTED, None)])).is_some());
+        // unattributed: expected while hazards are left (they corrupt memory), a failure
+        // at the last step
+        assert!(judge(&series, 0, &findings(vec![report(UNATTRIBUTED, None)])).is_none());
+        assert!(judge(&series, series.latest_step(), &findings(vec![report(UNATTRIBUTED, None)])).is_some());
         assert!(judge(&series, 1, &findings(vec![report("unique-cache", None)])).is_some());
     }
 
