@@ -360,7 +360,7 @@ fn tsan_cell(
 
 fn summary_line(cell: &Cell) -> String {
     let t = cell.tsan.as_ref().expect("a tsan cell");
-    let races: Vec<String> = t.races.iter().map(|(c, n)| format!("{c} {n}")).collect();
+    let races: Vec<String> = t.races.iter().filter(|(_, n)| **n > 0).map(|(c, n)| format!("{c} {n}")).collect();
     format!("{} ({})", cell.outcome, if races.is_empty() { "no report".into() } else { races.join(", ") })
 }
 
@@ -402,7 +402,9 @@ fn gather(out: &Path, runs: &[Run], attribution: &Attribution, layers: &[suppres
     }
     let mut reports: Vec<TsanReport> = by_signature.into_values().collect();
     reports.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.signature.cmp(&b.signature)));
-    let mut races: BTreeMap<String, u64> = BTreeMap::new();
+    // every component has its count, zero included
+    let mut races: BTreeMap<String, u64> =
+        attribute::COMPONENTS.iter().map(|(_, c)| (c.to_string(), 0)).collect();
     for r in &reports {
         *races.entry(r.component.clone()).or_insert(0) += 1;
     }
@@ -465,7 +467,21 @@ fn judge(series: &Series, step: u32, findings: &TsanFindings) -> Option<String> 
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
+
+    #[derive(Parser)]
+    struct TsanArgsOnly {
+        #[command(flatten)]
+        args: TsanArgs,
+    }
+
+    impl TsanArgs {
+        fn parse_from(argv: [&str; 1]) -> TsanArgs {
+            TsanArgsOnly::parse_from(argv).args
+        }
+    }
 
     fn report(component: &str, hazard: Option<&str>) -> TsanReport {
         TsanReport {
@@ -493,6 +509,18 @@ mod tests {
         assert!(judge(&series, 0, &findings(vec![report(UNATTRIBUTED, None)])).is_none());
         assert!(judge(&series, series.latest_step(), &findings(vec![report(UNATTRIBUTED, None)])).is_some());
         assert!(judge(&series, 1, &findings(vec![report("unique-cache", None)])).is_some());
+    }
+
+    #[test]
+    fn a_clean_tsan_cell_is_not_bad() {
+        let series = Series::load(crate::series::DEFAULT_CFFI).unwrap();
+        let interp = Interpreter { executable: "/x".into(), version: "3.13.5".into(), free_threaded: true, tsan: true };
+        let args = TsanArgs::parse_from(["tsan"]);
+        let cell = tsan_cell(&series, 5, &interp, &args, Path::new("/out"), TsanFindings::default(), 1);
+        assert_eq!(cell.outcome, "ok");
+        assert!(!cell.is_bad(), "no GIL state is asked of a tsan cell");
+        let bad = TsanFindings { reports: vec![report("misc", Some("F8"))], ..Default::default() };
+        assert!(tsan_cell(&series, 5, &interp, &args, Path::new("/out"), bad, 1).is_bad());
     }
 
     #[test]
