@@ -160,3 +160,21 @@ fn unknown_stress_scenario_is_refused_before_anything_runs() {
     assert_one_line_error(&out, "unknown scenario or component \"nope\"");
     assert!(fs::read_dir(target.path()).unwrap().next().is_none(), "a refused stress run wrote into its target dir");
 }
+
+#[test]
+fn tsan_refuses_bad_options_before_building_anything() {
+    let out = xtask(&["tsan", "--suites", "clients"]);
+    assert_one_line_error(&out, "--suites: unknown suite \"clients\" (known: upstream, stress)");
+    let out = xtask(&["tsan", "--scale", "0"]);
+    assert_one_line_error(&out, "--scale must be positive");
+    let out = xtask(&["tsan", "--only", "s99"]);
+    assert_one_line_error(&out, "s99");
+    let out = xtask(&["tsan", "--steps", "99"]);
+    assert_one_line_error(&out, "99");
+    // a given interpreter that is no TSan build is refused in one line
+    let python = std::env::var("HOME").map(|h| format!("{h}/.cache/cffi-ft/python/3.13.5-t/bin/python3.13t")).unwrap_or_default();
+    if Path::new(&python).exists() {
+        let out = xtask(&["tsan", "--python", &python, "--steps", "0"]);
+        assert_one_line_error(&out, "not a free-threaded ThreadSanitizer build");
+    }
+}
