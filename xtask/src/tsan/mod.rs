@@ -63,8 +63,9 @@ pub struct TsanArgs {
     /// Only these stress scenarios or components (as for `stress --only`).
     #[arg(long, value_name = "LIST")]
     pub only: Option<String>,
-    /// `off`: run with the shim's seam annotations disabled (CFFI_FT_TSAN_SEAMS=off), to
-    /// show what TSan reports without them; the cells are `tsan-seams-off`, not judged.
+    /// `off`: run with the seam annotations (the shim's and tsan-sync's) disabled
+    /// (CFFI_FT_TSAN_SEAMS=off), to show what TSan reports without them; the cells are
+    /// `tsan-seams-off`, not judged.
     #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"])]
     pub seams: String,
     /// Do not build or run anything: read the report files a previous run left under
