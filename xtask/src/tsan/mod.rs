@@ -239,7 +239,16 @@ pub fn run(series: Series, upstream: Upstream, steps: Vec<u32>, interp: Interpre
         // pytest-timeout's thread method ends a hung run (a heap corrupted by a race,
         // at early steps) with the stacks in the log, instead of waiting for the suite
         // timeout; what TSan wrote until then stays in the report files
-        pytest_args: vec!["--skip-thread-unsafe=True".into(), "--timeout=600".into(), "--timeout-method=thread".into()],
+        // and no faulthandler: dumping tracebacks from a signal handler while TSan
+        // reports a race deadlocks inside TSan's report lock (a crashed step-2 run
+        // hung 11 minutes); TSan's own SEGV handler reports the crash instead
+        pytest_args: vec![
+            "--skip-thread-unsafe=True".into(),
+            "--timeout=600".into(),
+            "--timeout-method=thread".into(),
+            "-p".into(),
+            "no:faulthandler".into(),
+        ],
         suite_timeout: Duration::from_secs(args.suite_timeout_min.max(1) * 60),
         env: Vec::new(),
     };
@@ -276,7 +285,11 @@ pub fn run(series: Series, upstream: Upstream, steps: Vec<u32>, interp: Interpre
         for &run in &runs {
             let dir = out.join(run.name());
             fs::create_dir_all(&dir)?;
-            let mut env = vec![("TSAN_OPTIONS".to_string(), tsan_options(&supp_file, &dir, &symbolizer))];
+            let mut env = vec![
+                ("TSAN_OPTIONS".to_string(), tsan_options(&supp_file, &dir, &symbolizer)),
+                // empty: faulthandler stays off (see pytest_args)
+                ("PYTHONFAULTHANDLER".to_string(), String::new()),
+            ];
             if args.seams_off() {
                 env.push(("CFFI_FT_TSAN_SEAMS".into(), "off".into()));
             }
