@@ -5,7 +5,7 @@ use crate::{Arc, Loader, Mutex};
 #[cfg(loom)]
 use loom::sync::MutexGuard;
 #[cfg(not(loom))]
-use std::sync::MutexGuard;
+use tsan_sync::MutexGuard;
 use std::ffi::{c_void, CStr};
 
 #[derive(Default)]

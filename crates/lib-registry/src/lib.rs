@@ -80,5 +80,8 @@ pub(crate) use loom::sync::{
 #[cfg(not(loom))]
 pub(crate) use std::sync::{
     atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
-    Arc, Mutex,
+    Arc,
 };
+// std's Mutex, annotated for ThreadSanitizer in the kit's TSan builds (tsan-sync)
+#[cfg(not(loom))]
+pub(crate) use tsan_sync::Mutex;

@@ -7,7 +7,8 @@
 //! intercepts (`malloc`, `memcmp`, `mmap`). Two threads ordered by a kit lock then look
 //! unordered, and TSan reports a race that cannot happen.
 //!
-//! This crate gives the kit's crates [`Mutex`] and [`RwLock`] with std's API. Built with
+//! This crate gives the kit's crates [`Mutex`] and [`RwLock`] with std's API (ctype-intern's
+//! shards, lib-registry's pin table, callback-dispatch's closure pool). Built with
 //! `--cfg cffi_ft_tsan` (the kit's TSan cells set it), each one tells TSan what it does:
 //! after the lock is taken, `__tsan_acquire(lock)`; before it is released,
 //! `__tsan_release(lock)`, the address of the lock being TSan's synchronisation object.
