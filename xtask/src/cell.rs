@@ -274,8 +274,9 @@ pub fn read_gil_state(path: &Path) -> Option<bool> {
     value.get("gil_enabled_after")?.as_bool()
 }
 
-/// A cell for a (step, interpreter, suite) whose backend could not be built or run.
-pub fn failed_cell(step: u32, interp: &Interpreter, suite: &str, parallel_threads: u32, err: &anyhow::Error) -> Cell {
+/// A cell of `suite` for (step, interpreter) with no test counts yet: what a failed
+/// build and a tsan run both start from.
+pub fn bare_cell(step: u32, interp: &Interpreter, suite: &str, parallel_threads: u32, outcome: &str, log: String) -> Cell {
     Cell {
         step,
         python: interp.version.clone(),
@@ -288,15 +289,23 @@ pub fn failed_cell(step: u32, interp: &Interpreter, suite: &str, parallel_thread
         skipped: 0,
         xfailed: 0,
         gil_enabled_after: None,
-        outcome: "build failed".into(),
-        detail: Some(format!("{err:#}").lines().next().unwrap_or("").to_string()),
+        outcome: outcome.into(),
+        detail: None,
         duration_s: 0,
-        log: cell_dir(step, interp).join("build.log").display().to_string(),
+        log,
         run_at: util::unix_now(),
         scenarios: None,
         backend: None,
         tsan: None,
     }
+}
+
+/// A cell for a (step, interpreter, suite) whose backend could not be built or run.
+pub fn failed_cell(step: u32, interp: &Interpreter, suite: &str, parallel_threads: u32, err: &anyhow::Error) -> Cell {
+    let log = cell_dir(step, interp).join("build.log").display().to_string();
+    let mut cell = bare_cell(step, interp, suite, parallel_threads, "build failed", log);
+    cell.detail = Some(format!("{err:#}").lines().next().unwrap_or("").to_string());
+    cell
 }
 
 /// A failed cell for each suite of the plan, when the backend of (step, interpreter)

@@ -349,27 +349,13 @@ fn tsan_cell(
     duration_s: u64,
 ) -> Cell {
     let verdict = if args.seams_off() { None } else { judge(series, step, &findings) };
-    Cell {
-        step,
-        python: interp.version.clone(),
-        free_threaded: true,
-        suite: args.suite_name().into(),
-        parallel_threads: args.parallel_threads,
-        passed: 0,
-        failed: 0,
-        errors: 0,
-        skipped: 0,
-        xfailed: 0,
-        gil_enabled_after: None,
-        outcome: if verdict.is_none() { "ok".into() } else { "failed".into() },
-        detail: verdict,
-        duration_s,
-        log: out.display().to_string(),
-        run_at: util::unix_now(),
-        scenarios: None,
-        backend: None,
-        tsan: Some(findings),
-    }
+    let outcome = if verdict.is_none() { "ok" } else { "failed" };
+    let mut cell =
+        cell::bare_cell(step, interp, args.suite_name(), args.parallel_threads, outcome, out.display().to_string());
+    cell.detail = verdict;
+    cell.duration_s = duration_s;
+    cell.tsan = Some(findings);
+    cell
 }
 
 fn summary_line(cell: &Cell) -> String {
