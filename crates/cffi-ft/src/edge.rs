@@ -13,7 +13,9 @@ use crate::panic_guard::catch_panic;
 
 /// Runs an entry that must not raise (deallocs, and calls from C with no exception
 /// channel): a panic is reported on stderr and `fallback` returned; whatever the body
-/// owned is leaked, never freed twice.
+/// owned is leaked, never freed twice. Inlined: the entries that use it are small and
+/// hot (a pin's release from every function-pointer cdata's dealloc).
+#[inline(always)]
 pub(crate) fn quiet_entry<R>(what: &str, fallback: R, body: impl FnOnce() -> R) -> R {
     catch_panic(body).unwrap_or_else(|message| {
         eprintln!("cffi-ft: {what}: {message}");
@@ -21,7 +23,10 @@ pub(crate) fn quiet_entry<R>(what: &str, fallback: R, body: impl FnOnce() -> R) 
     })
 }
 
-/// Runs an entry body under the panic guard; a panic becomes `SystemError`.
+/// Runs an entry body under the panic guard; a panic becomes `SystemError`. Inlined
+/// into each entry (no frame of its own: the library registry's entries are called
+/// once per attribute built).
+#[inline(always)]
 pub(crate) fn entry(body: impl FnOnce() -> c_int) -> c_int {
     match catch_panic(body) {
         Ok(rc) => rc,

@@ -29,7 +29,9 @@
 //!   cached after a close.
 //! * [`PinTable`]: pins owned by foreign objects, keyed by the object's address (at the
 //!   edge: function-pointer cdata made from a `dlsym` result keep their library loaded
-//!   until they die, because the call through them can come at any time).
+//!   until they die, because the call through them can come at any time). Lock-free
+//!   in the common case: a fixed array of slot groups, one CAS to attach, plain stores
+//!   to detach (its own contract in the `pins` module doc).
 //!
 //! ## Concurrency contract
 //! * **Ownership.** A [`Library`] owns one strong reference to its [`OpenHandle`] while
@@ -45,9 +47,10 @@
 //!   acquire fence order them. The generation is bumped (`Release`) *after* the slot is
 //!   emptied and read (`Acquire`) *before* a pin is taken, so a pin that succeeded
 //!   carries a generation that a later close makes stale.
-//! * **Blocking.** Nothing here blocks except [`PinTable`]'s shard mutexes, held for a
-//!   hash-map insert or remove only; what a removal returns is dropped by the caller
-//!   after the shard is unlocked, so a deferred close never runs under a lock.
+//! * **Blocking.** Nothing here blocks except the mutex of [`PinTable`]'s overflow map
+//!   (used only when an address's slot group is full), held for one hash-map insert or
+//!   remove; what a detach returns is dropped by the caller, outside the table, so a
+//!   deferred close never runs under a lock.
 //! * **No panics across the edge.** The crate returns errors; the edge catches panics.
 //!
 //! ## Model checking
@@ -70,16 +73,16 @@ mod slot;
 pub mod fake;
 
 pub use library::{Close, Closing, Library, Loader, OpenHandle, Pin};
-pub use pins::PinTable;
+pub use pins::{OneWord, PinTable};
 
 #[cfg(loom)]
 pub(crate) use loom::sync::{
-    atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering},
     Arc, Mutex,
 };
 #[cfg(not(loom))]
 pub(crate) use std::sync::{
-    atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering},
     Arc,
 };
 // std's Mutex, annotated for ThreadSanitizer in the kit's TSan builds (tsan-sync)

@@ -102,6 +102,21 @@ impl<L: Loader> Pin<L> {
     }
 }
 
+// SAFETY: Arc::into_raw/from_raw round-trip the reference and its ownership; the word
+// is the Arc's (non-null) pointer. The generation is not kept: a pin taken back from
+// its word reports generation 0, which only builders (who keep theirs) would read.
+unsafe impl<L: Loader> crate::OneWord for Pin<L> {
+    fn into_word(self) -> std::ptr::NonNull<()> {
+        // SAFETY: Arc::into_raw never returns null.
+        unsafe { std::ptr::NonNull::new_unchecked(Arc::into_raw(self.open).cast_mut().cast()) }
+    }
+
+    unsafe fn from_word(word: std::ptr::NonNull<()>) -> Pin<L> {
+        // SAFETY: per the contract, `word` is an unreturned Arc::into_raw of ours.
+        Pin { open: unsafe { Arc::from_raw(word.as_ptr().cast_const().cast()) }, generation: 0 }
+    }
+}
+
 impl<L: Loader> Clone for Pin<L> {
     fn clone(&self) -> Pin<L> {
         Pin { open: Arc::clone(&self.open), generation: self.generation }

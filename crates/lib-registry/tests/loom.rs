@@ -1,4 +1,4 @@
-//! Model checks of the registry protocol with loom (run with
+//! Model checks of the registry protocol and the pin table with loom (run with
 //! `RUSTFLAGS="--cfg loom" cargo test -p lib-registry --release --test loom`, or
 //! `cargo xtask loom`).
 //!
@@ -144,5 +144,111 @@ fn close_races_with_builder_generation_check() {
         let cached = builder.join().unwrap();
         assert!(cache.lock().unwrap().is_empty(), "a builder re-inserted after the close (cached: {cached})");
         assert_eq!(fake.closes(), 1);
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// The pin table (a one-group table of two slots under loom: a third entry overflows).
+
+use lib_registry::{OneWord, PinTable};
+use loom::cell::UnsafeCell;
+use std::ptr::NonNull;
+
+/// A table value whose contents are written by the thread that attaches it and read
+/// by the one that detaches it: loom reports the access pair as a race unless the
+/// table orders them, and the tag tells whose value a detach got back.
+struct Tagged(Box<UnsafeCell<usize>>);
+
+impl Tagged {
+    fn new(tag: usize) -> Tagged {
+        Tagged(Box::new(UnsafeCell::new(tag)))
+    }
+    fn tag(&self) -> usize {
+        self.0.with(|p| unsafe { *p })
+    }
+}
+
+impl std::fmt::Debug for Tagged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tagged")
+    }
+}
+
+// SAFETY: the Box's round trip.
+unsafe impl OneWord for Tagged {
+    fn into_word(self) -> NonNull<()> {
+        NonNull::new(Box::into_raw(self.0).cast()).unwrap()
+    }
+    unsafe fn from_word(word: NonNull<()>) -> Tagged {
+        Tagged(unsafe { Box::from_raw(word.as_ptr().cast()) })
+    }
+}
+
+/// A slot freed by one thread's detach is claimed by another thread's attach: the
+/// detach gets back its own value (taken before the slot was freed), never the new
+/// one, and the new owner's detach gets its own. Two further attaches fill the group
+/// and overflow, and every owner still detaches exactly its own value.
+#[test]
+fn pin_table_slot_reuse_and_overflow() {
+    loom::model(|| {
+        let table = Arc::new(PinTable::<Tagged>::with_groups(1));
+        table.attach(0x100, Tagged::new(1)).unwrap();
+        table.attach(0x200, Tagged::new(2)).unwrap();
+        let detacher = {
+            let table = table.clone();
+            thread::spawn(move || table.detach(0x100).map(|v| v.tag()))
+        };
+        let attacher = {
+            let table = table.clone();
+            thread::spawn(move || {
+                // Either the slot 0x100 frees, or the overflow map.
+                table.attach(0x300, Tagged::new(3)).unwrap();
+                table.detach(0x300).map(|v| v.tag())
+            })
+        };
+        assert_eq!(detacher.join().unwrap(), Some(1));
+        assert_eq!(attacher.join().unwrap(), Some(3));
+        assert_eq!(table.detach(0x100).map(|v| v.tag()), None, "detached twice");
+        assert_eq!(table.detach(0x200).map(|v| v.tag()), Some(2));
+        assert!(table.is_empty());
+    });
+}
+
+/// An object attached in one thread and destroyed in another (published through a
+/// release/acquire flag, as the edge's objects are through Python): the destroying
+/// thread gets the value back with its contents, while a third thread attaches and
+/// detaches its own object in the same group.
+#[test]
+fn pin_table_attach_here_detach_there() {
+    loom::model(|| {
+        let table = Arc::new(PinTable::<Tagged>::with_groups(1));
+        let published = Arc::new(AtomicUsize::new(0));
+        let maker = {
+            let (table, published) = (table.clone(), published.clone());
+            thread::spawn(move || {
+                table.attach(0x100, Tagged::new(7)).unwrap();
+                published.store(0x100, Ordering::Release);
+            })
+        };
+        let other = {
+            let table = table.clone();
+            thread::spawn(move || {
+                table.attach(0x200, Tagged::new(8)).unwrap();
+                table.detach(0x200).map(|v| v.tag())
+            })
+        };
+        let destroyer = {
+            let (table, published) = (table.clone(), published.clone());
+            thread::spawn(move || loop {
+                match published.load(Ordering::Acquire) {
+                    0 => thread::yield_now(),
+                    owner => break table.detach(owner).map(|v| v.tag()),
+                }
+            })
+        };
+        maker.join().unwrap();
+        assert_eq!(other.join().unwrap(), Some(8));
+        assert_eq!(destroyer.join().unwrap(), Some(7));
+        assert!(table.is_empty());
     });
 }
