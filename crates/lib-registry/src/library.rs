@@ -2,7 +2,7 @@
 
 use crate::slot::Slot;
 use crate::{Arc, AtomicBool, AtomicU64, Ordering};
-use std::ffi::{c_void, CStr, CString};
+use std::ffi::{c_void, CStr};
 use std::fmt;
 use std::ops::Deref;
 
@@ -29,8 +29,8 @@ pub trait Loader: Send + Sync {
 pub struct OpenHandle<L: Loader> {
     loader: L,
     raw: L::Raw,
-    /// Kept as bytes: converted to text only for a (rare) deferred-close report.
-    name: CString,
+    /// Only for a (rare) deferred-close report: kept inline, no allocation per handle.
+    name: ShortName,
     /// Whether dropping the last reference must close the handle: `auto_close` at
     /// first, set by the winner of [`Library::close`].
     close_on_last_drop: AtomicBool,
@@ -56,8 +56,40 @@ impl<L: Loader> Drop for OpenHandle<L> {
         // one (release decrement, acquire fence) -- and the model's Arc likewise.
         if self.close_on_last_drop.load(Ordering::Relaxed) {
             if let Err(error) = self.loader.close(&self.raw) {
-                self.loader.deferred_close_failed(&self.name.to_string_lossy(), error);
+                self.loader.deferred_close_failed(&self.name.to_string(), error);
             }
+        }
+    }
+}
+
+/// A library's name as the report of a failed deferred close shows it: the last
+/// [`ShortName::BYTES`] bytes (the informative end of a path), inline in the handle so
+/// that opening a library allocates nothing for it.
+struct ShortName {
+    len: u8,
+    truncated: bool,
+    bytes: [u8; ShortName::BYTES],
+}
+
+impl ShortName {
+    const BYTES: usize = 96;
+
+    fn new(name: &CStr) -> ShortName {
+        let all = name.to_bytes();
+        let tail = &all[all.len().saturating_sub(ShortName::BYTES)..];
+        let mut bytes = [0; ShortName::BYTES];
+        bytes[..tail.len()].copy_from_slice(tail);
+        ShortName { len: tail.len() as u8, truncated: tail.len() < all.len(), bytes }
+    }
+}
+
+impl fmt::Display for ShortName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = String::from_utf8_lossy(&self.bytes[..usize::from(self.len)]);
+        if self.truncated {
+            write!(f, "...{text}")
+        } else {
+            f.write_str(&text)
         }
     }
 }
@@ -132,7 +164,7 @@ impl<L: Loader> Deref for Pin<L> {
 
 impl<L: Loader> fmt::Debug for Pin<L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Pin").field("name", &self.open.name).field("generation", &self.generation).finish()
+        f.debug_struct("Pin").field("name", &self.open.name.to_string()).field("generation", &self.generation).finish()
     }
 }
 
@@ -182,7 +214,7 @@ impl<L: Loader> Library<L> {
     /// handle the user passed in), only an explicit [`Library::close`] does.
     pub fn new(loader: L, raw: L::Raw, auto_close: bool, name: &CStr) -> Library<L> {
         let open =
-            OpenHandle { loader, raw, name: name.to_owned(), close_on_last_drop: AtomicBool::new(auto_close) };
+            OpenHandle { loader, raw, name: ShortName::new(name), close_on_last_drop: AtomicBool::new(auto_close) };
         Library { slot: Slot::new(Arc::new(open)), generation: AtomicU64::new(0) }
     }
 
@@ -306,6 +338,21 @@ mod tests {
         assert_eq!(lib.close().unwrap().finish(), Close::Deferred);
         drop(pin);
         assert_eq!(fake.deferred_failures(), vec![("liby.so".to_string(), "boom".to_string())]);
+    }
+
+    #[test]
+    fn a_long_name_is_reported_by_its_end() {
+        let fake = FakeLoader::new();
+        fake.fail_closes("boom");
+        let long = format!("/{}/libtail.so.1", "d".repeat(300));
+        let lib = Library::new(fake.clone(), fake.open(), true, &c(&long));
+        let pin = lib.pin().unwrap();
+        assert_eq!(lib.close().unwrap().finish(), Close::Deferred);
+        drop(pin);
+        let (name, error) = fake.deferred_failures().pop().unwrap();
+        assert!(name.starts_with("...d") && name.ends_with("/libtail.so.1"), "{name}");
+        assert_eq!(name.len(), 3 + ShortName::BYTES);
+        assert_eq!(error, "boom");
     }
 
     #[test]
