@@ -93,6 +93,13 @@ pub fn outside_scratch(prefix: &str) -> Result<util::ScratchDir> {
     util::ScratchDir::new_in(&std::env::temp_dir(), prefix)
 }
 
+/// What building the kit from its sdist needs on this machine besides Rust and a C
+/// compiler: libclang from step 4 on (bindgen), installed as the cells' builds install
+/// it (apt-get, where the machine has it and it is missing).
+pub fn ensure_build_packages(kit: &StepKit, log: &Path) -> Result<()> {
+    cell::ensure_feature_build_packages(&kit.features, log)
+}
+
 /// A fresh venv with the test requirements from the wheelhouse (no index).
 pub fn fresh_venv(interp: &Interpreter, dir: &Path, log: &Path) -> Result<PathBuf> {
     let house = wheelhouse(interp, log)?;

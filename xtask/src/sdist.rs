@@ -78,6 +78,7 @@ fn check_sdist(kit: &StepKit, sdist: &Path, interp: &Interpreter) -> Result<bool
     let log = util::fresh_log(&format!("sdist-check-step{}-py{label}.log", kit.step));
     let tarball = dir.join(sdist.file_name().context("sdist has no file name")?);
     fs::copy(sdist, &tarball)?;
+    offline::ensure_build_packages(kit, &log)?;
     let cargo_home = offline::empty_cargo_home(dir)?;
     let python = offline::fresh_venv(interp, &dir.join("v"), &log)?;
     let pip = dir.join("v").join("bin").join("pip");

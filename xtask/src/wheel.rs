@@ -84,6 +84,7 @@ fn build_wheel(kit: &StepKit, tarball: &Path, interp: &Interpreter) -> Result<(P
     let scratch = offline::outside_scratch("cffi-ft-wheel")?;
     let dir = scratch.path();
     let log = util::fresh_log(&format!("wheel-step{}-py{label}.log", kit.step));
+    offline::ensure_build_packages(kit, &log)?;
     let python = offline::fresh_venv(interp, &dir.join("v"), &log)?;
     let cargo_home = offline::empty_cargo_home(dir)?;
     let out = dir.join("wheels");
