@@ -122,6 +122,14 @@ fn parse_scenarios(module_py: &str, components: &BTreeMap<char, String>) -> Resu
     Ok(out)
 }
 
+/// The suite's components, in the registry's order of hazard letters (read from its
+/// source, as [`known_scenarios`] is).
+pub fn known_components() -> Result<Vec<String>> {
+    let init = stress_package().join("__init__.py");
+    let text = fs::read_to_string(&init).with_context(|| format!("cannot read {}", init.display()))?;
+    Ok(parse_components(&text).with_context(|| init.display().to_string())?.into_values().collect())
+}
+
 /// Every scenario of the suite, by number, read from its source (nothing is imported or
 /// built): the registry's components and each module's `@scenario` lines.
 pub fn known_scenarios() -> Result<Vec<KnownScenario>> {
