@@ -125,9 +125,14 @@ fn parse_scenarios(module_py: &str, components: &BTreeMap<char, String>) -> Resu
 /// The suite's components, in the registry's order of hazard letters (read from its
 /// source, as [`known_scenarios`] is).
 pub fn known_components() -> Result<Vec<String>> {
-    let init = stress_package().join("__init__.py");
+    Ok(read_components(&stress_package())?.into_values().collect())
+}
+
+/// The registry's `COMPONENTS` of the package in `dir` (its `__init__.py`).
+fn read_components(dir: &Path) -> Result<BTreeMap<char, String>> {
+    let init = dir.join("__init__.py");
     let text = fs::read_to_string(&init).with_context(|| format!("cannot read {}", init.display()))?;
-    Ok(parse_components(&text).with_context(|| init.display().to_string())?.into_values().collect())
+    parse_components(&text).with_context(|| init.display().to_string())
 }
 
 /// Every scenario of the suite, by number, read from its source (nothing is imported or
@@ -137,9 +142,7 @@ pub fn known_scenarios() -> Result<Vec<KnownScenario>> {
 }
 
 fn scan_package(dir: &Path) -> Result<Vec<KnownScenario>> {
-    let init = dir.join("__init__.py");
-    let text = fs::read_to_string(&init).with_context(|| format!("cannot read {}", init.display()))?;
-    let components = parse_components(&text).with_context(|| init.display().to_string())?;
+    let components = read_components(dir)?;
     let mut modules: Vec<PathBuf> = fs::read_dir(dir)
         .with_context(|| format!("cannot read {}", dir.display()))?
         .flatten()

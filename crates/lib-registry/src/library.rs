@@ -134,18 +134,19 @@ impl<L: Loader> Pin<L> {
     }
 }
 
-// SAFETY: Arc::into_raw/from_raw round-trip the reference and its ownership; the word
-// is the Arc's (non-null) pointer. The generation is not kept: a pin taken back from
+// SAFETY: the word is the pin's raw form ([`Pin::into_raw`], a non-null `Arc` pointer)
+// and [`Pin::from_raw`] takes it back. The generation is not kept: a pin taken back from
 // its word reports generation 0, which only builders (who keep theirs) would read.
+#[cfg(not(loom))]
 unsafe impl<L: Loader> crate::OneWord for Pin<L> {
     fn into_word(self) -> std::ptr::NonNull<()> {
         // SAFETY: Arc::into_raw never returns null.
-        unsafe { std::ptr::NonNull::new_unchecked(Arc::into_raw(self.open).cast_mut().cast()) }
+        unsafe { std::ptr::NonNull::new_unchecked(self.into_raw().cast_mut().cast()) }
     }
 
     unsafe fn from_word(word: std::ptr::NonNull<()>) -> Pin<L> {
-        // SAFETY: per the contract, `word` is an unreturned Arc::into_raw of ours.
-        Pin { open: unsafe { Arc::from_raw(word.as_ptr().cast_const().cast()) }, generation: 0 }
+        // SAFETY: per the contract, `word` is an unreturned `Pin::into_raw` of ours.
+        unsafe { Pin::from_raw(word.as_ptr().cast_const().cast(), 0) }
     }
 }
 

@@ -95,6 +95,9 @@ impl Hasher for AddressHasher {
     }
 }
 
+/// Where entries go when their group is full (values as words).
+type OverflowMap = HashMap<usize, NonNull<()>, BuildHasherDefault<AddressHasher>>;
+
 /// A group's keys (0: free), one cache line.
 #[repr(align(64))]
 struct Keys([AtomicUsize; SLOTS]);
@@ -120,7 +123,7 @@ pub struct PinTable<P: OneWord> {
     groups: Box<[Group]>,
     /// `groups.len() - 1` (a power of two minus one).
     group_mask: usize,
-    overflow: Mutex<HashMap<usize, NonNull<()>, BuildHasherDefault<AddressHasher>>>,
+    overflow: Mutex<OverflowMap>,
     /// Entries in `overflow`; changed under its mutex.
     overflowed: AtomicUsize,
     _values: PhantomData<P>,
@@ -164,7 +167,7 @@ impl<P: OneWord> PinTable<P> {
         &self.groups[h as usize & self.group_mask]
     }
 
-    fn lock_overflow(&self) -> impl std::ops::DerefMut<Target = HashMap<usize, NonNull<()>, BuildHasherDefault<AddressHasher>>> + '_ {
+    fn lock_overflow(&self) -> impl std::ops::DerefMut<Target = OverflowMap> + '_ {
         self.overflow.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -207,11 +210,11 @@ impl<P: OneWord> PinTable<P> {
     /// Removes and returns what is attached to `owner`, if anything.
     pub fn detach(&self, owner: usize) -> Option<P> {
         let group = self.group(owner);
-        for (i, key) in group.keys.0.iter().enumerate() {
+        for (key, slot) in group.keys.0.iter().zip(&group.values) {
             if key.load(Ordering::Acquire) == owner {
                 tsan_sync::acquired(key);
-                let word = group.values[i].load(Ordering::Acquire);
-                group.values[i].store(ptr::null_mut(), Ordering::Relaxed);
+                let word = slot.load(Ordering::Acquire);
+                slot.store(ptr::null_mut(), Ordering::Relaxed);
                 // Frees the slot for the next attach, after the value was taken.
                 key.store(0, Ordering::Release);
                 let word = NonNull::new(word).expect("an attached slot holds a value");
@@ -260,7 +263,10 @@ impl<P: OneWord> Drop for PinTable<P> {
                 }
             }
         }
-        for (_, word) in self.lock_overflow().drain() {
+        // taken out first: values are dropped (a pin's drop can close a library) after
+        // the overflow map's lock is released, as everywhere else
+        let overflowed = std::mem::take(&mut *self.lock_overflow());
+        for (_, word) in overflowed {
             // SAFETY: as above.
             drop(unsafe { P::from_word(word) });
         }
